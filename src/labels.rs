@@ -1,0 +1,128 @@
+//! The labels store: the latest classification per camera, a bounded history
+//! ring per camera, and a broadcast for live subscribers (SSE).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::infer::ClassScore;
+
+/// One classification of one camera frame, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Label {
+    pub camera: String,
+    /// Top-1 class name.
+    pub label: Arc<str>,
+    pub class_id: u32,
+    /// Top-1 softmax probability, `0.0..=1.0`.
+    pub score: f32,
+    /// The five most probable classes, best first.
+    pub top5: Vec<ClassScore>,
+    /// The frame's presentation time, RTP 90 kHz ticks.
+    pub frame_pts: i64,
+    /// When the camera captured the frame (RFC 3339).
+    pub captured_at: DateTime<Utc>,
+    /// Capture → label available, in ms.
+    pub latency_ms: f64,
+}
+
+/// Latest labels and bounded history of every camera.
+pub struct LabelStore {
+    history_len: usize,
+    by_camera: RwLock<HashMap<String, VecDeque<Arc<Label>>>>,
+    tx: broadcast::Sender<Arc<Label>>,
+}
+
+impl LabelStore {
+    /// Keeps at most `history_len` (≥ 1) labels per camera.
+    pub fn new(history_len: usize) -> LabelStore {
+        LabelStore { history_len: history_len.max(1), by_camera: RwLock::default(), tx: broadcast::channel(256).0 }
+    }
+
+    /// Records a label and tells live subscribers.
+    pub fn push(&self, label: Label) {
+        let label = Arc::new(label);
+        {
+            let mut map = self.by_camera.write().expect("labels lock is never poisoned");
+            let ring = map.entry(label.camera.clone()).or_default();
+            if ring.len() == self.history_len {
+                ring.pop_front();
+            }
+            ring.push_back(label.clone());
+        }
+        let _ = self.tx.send(label); // no subscribers is fine
+    }
+
+    /// The latest label of every camera that has one, by camera name.
+    pub fn latest_all(&self) -> Vec<Arc<Label>> {
+        let map = self.by_camera.read().expect("labels lock is never poisoned");
+        let mut all: Vec<Arc<Label>> = map.values().filter_map(|r| r.back().cloned()).collect();
+        all.sort_by(|a, b| a.camera.cmp(&b.camera));
+        all
+    }
+
+    pub fn latest(&self, camera: &str) -> Option<Arc<Label>> {
+        self.by_camera.read().expect("labels lock is never poisoned").get(camera).and_then(|r| r.back().cloned())
+    }
+
+    /// History of `camera`, oldest first: labels captured after `since` (if
+    /// given), at most the newest `limit`.
+    pub fn history(&self, camera: &str, since: Option<DateTime<Utc>>, limit: usize) -> Vec<Arc<Label>> {
+        let map = self.by_camera.read().expect("labels lock is never poisoned");
+        let Some(ring) = map.get(camera) else { return Vec::new() };
+        let newer: Vec<Arc<Label>> = ring.iter().filter(|l| since.is_none_or(|s| l.captured_at > s)).cloned().collect();
+        let skip = newer.len().saturating_sub(limit);
+        newer.into_iter().skip(skip).collect()
+    }
+
+    /// Live feed of every new label.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Label>> {
+        self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(camera: &str, n: i64) -> Label {
+        Label {
+            camera: camera.into(),
+            label: Arc::from("espresso"),
+            class_id: 967,
+            score: 0.9,
+            top5: Vec::new(),
+            frame_pts: n,
+            captured_at: DateTime::from_timestamp(1_700_000_000 + n, 0).expect("valid time"),
+            latency_ms: 10.0,
+        }
+    }
+
+    #[test]
+    fn history_is_bounded_and_filtered() {
+        let s = LabelStore::new(3);
+        for n in 0..5 {
+            s.push(label("a", n));
+        }
+        s.push(label("b", 0));
+        let h = s.history("a", None, 100);
+        assert_eq!(h.iter().map(|l| l.frame_pts).collect::<Vec<_>>(), [2, 3, 4], "oldest dropped");
+        let since = DateTime::from_timestamp(1_700_000_002, 0);
+        assert_eq!(s.history("a", since, 100).len(), 2);
+        assert_eq!(s.history("a", None, 1)[0].frame_pts, 4, "limit keeps the newest");
+        assert_eq!(s.latest("a").map(|l| l.frame_pts), Some(4));
+        assert_eq!(s.latest_all().len(), 2);
+        assert!(s.history("nope", None, 10).is_empty());
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_new_labels() {
+        let s = LabelStore::new(10);
+        let mut rx = s.subscribe();
+        s.push(label("a", 7));
+        assert_eq!(rx.recv().await.map(|l| l.frame_pts).ok(), Some(7));
+    }
+}

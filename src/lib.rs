@@ -1,0 +1,15 @@
+//! infercast: an edge video-analytics broadcaster. RTSP cameras in, ImageNet
+//! labels (REST) and live WebRTC video out, in one process.
+//!
+//! Module map (see `shared/design.md`): [`config`] the TOML schema,
+//! [`media`] plain frame types, [`infer`] the ONNX Runtime classifier,
+//! [`classify`] the still-photo command, [`telemetry`] logging.
+
+pub mod classify;
+pub mod config;
+pub mod hub;
+pub mod infer;
+pub mod ingest;
+pub mod labels;
+pub mod media;
+pub mod telemetry;

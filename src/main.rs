@@ -1,0 +1,86 @@
+//! The `infercast` command line: parses arguments, loads config, runs a command,
+//! and turns every error into one line on stderr with exit code 2.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use infercast::classify::classify_photos;
+use infercast::config::{Config, ModelVariant};
+use infercast::infer::InferenceWorker;
+use infercast::telemetry;
+
+/// Edge video analytics: RTSP cameras in, ImageNet labels and live video out.
+///
+/// With no camera and no config, runs the built-in demo camera.
+#[derive(Parser)]
+#[command(name = "infercast", version, about, subcommand_precedence_over_arg = true)]
+struct Cli {
+    /// TOML configuration file (see docs/config.md).
+    #[arg(long, short = 'c', global = true, env = "INFERCAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listen address (overrides `listen`), e.g. 0.0.0.0:8080.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Cameras: `rtsp://[user:pass@]host/path` or `NAME=URL` (added to the config's cameras).
+    cameras: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify still photos: one JSON line with the top-5 classes per photo.
+    Classify {
+        /// Photos to classify (PNG, JPEG, BMP, WebP, GIF, TIFF).
+        #[arg(required = true)]
+        photos: Vec<PathBuf>,
+        /// Model variant (overrides inference.model).
+        #[arg(long)]
+        model: Option<ModelVariant>,
+        /// Intra-op threads for inference (overrides inference.threads).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = cli.command.is_none();
+    telemetry::init_logging(if serving { "info" } else { "warn" });
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("infercast: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    match cli.command {
+        Some(Command::Classify { photos, model, threads }) => {
+            if let Some(m) = model {
+                config.inference.model = m;
+            }
+            if let Some(t) = threads {
+                config.inference.threads = t;
+            }
+            config.validate()?;
+            let worker = InferenceWorker::start(&config.inference).map_err(|e| e.to_string())?;
+            let errors =
+                classify_photos(&worker, config.inference.model.as_str(), &photos, &mut std::io::stdout().lock());
+            for e in &errors {
+                eprintln!("infercast: {e}");
+            }
+            Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        None => {
+            Err("no command given; use `infercast classify PHOTO...` (camera serving comes with the pipeline)".into())
+        }
+    }
+}

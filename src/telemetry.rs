@@ -1,0 +1,166 @@
+//! Logging setup (a `tracing` subscriber on stderr) and the Prometheus metrics
+//! registry with per-camera handles.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `RUST_LOG` (e.g. `infercast=debug`) overrides
+/// `default_level`. Safe to call once; later calls are ignored.
+pub fn init_logging(default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Pipeline stages timed per frame.
+#[derive(Clone, Copy, Debug)]
+pub enum Stage {
+    Decode,
+    Preprocess,
+    Infer,
+    Overlay,
+    Encode,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [Stage::Decode, Stage::Preprocess, Stage::Infer, Stage::Overlay, Stage::Encode];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Preprocess => "preprocess",
+            Stage::Infer => "infer",
+            Stage::Overlay => "overlay",
+            Stage::Encode => "encode",
+        }
+    }
+}
+
+/// Every metric infercast exports at `/metrics`. Label `camera` is the camera's
+/// configured name, never its URL.
+pub struct Metrics {
+    registry: Registry,
+    frames_received: IntCounterVec,
+    frames_decoded: IntCounterVec,
+    frames_classified: IntCounterVec,
+    frames_encoded: IntCounterVec,
+    frames_dropped: IntCounterVec,
+    reconnects: IntCounterVec,
+    stage_seconds: HistogramVec,
+    capture_to_label_seconds: HistogramVec,
+}
+
+/// Stage-latency buckets, seconds: 0.5 ms … 1 s.
+const STAGE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0];
+const LATENCY_BUCKETS: &[f64] = &[0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names and labels are valid constants");
+    registry.register(Box::new(c.clone())).expect("each metric is registered once");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .expect("metric names and labels are valid constants");
+    registry.register(Box::new(h.clone())).expect("each metric is registered once");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new_custom(Some("infercast".into()), None).expect("prefix is valid");
+        let cam = &["camera"];
+        Metrics {
+            frames_received: counter(&r, "frames_received_total", "Access units received from the camera", cam),
+            frames_decoded: counter(&r, "frames_decoded_total", "Frames decoded to I420", cam),
+            frames_classified: counter(&r, "frames_classified_total", "Frames classified", cam),
+            frames_encoded: counter(&r, "frames_encoded_total", "Annotated frames encoded", cam),
+            frames_dropped: counter(
+                &r,
+                "frames_dropped_total",
+                "Frames or requests dropped, by reason (decode_queue_full, inference_busy, corrupt, waiting_for_keyframe)",
+                &["camera", "reason"],
+            ),
+            reconnects: counter(&r, "reconnects_total", "Camera reconnect attempts", cam),
+            stage_seconds: histogram(
+                &r,
+                "stage_duration_seconds",
+                "Per-frame time in each pipeline stage",
+                &["camera", "stage"],
+                STAGE_BUCKETS,
+            ),
+            capture_to_label_seconds: histogram(
+                &r,
+                "capture_to_label_seconds",
+                "From frame capture to its label being available",
+                cam,
+                LATENCY_BUCKETS,
+            ),
+            registry: r,
+        }
+    }
+
+    /// Pre-resolved handles for one camera (no label lookups per frame).
+    pub fn camera(&self, camera: &str) -> CameraMetrics {
+        let c = &[camera];
+        CameraMetrics {
+            received: self.frames_received.with_label_values(c),
+            decoded: self.frames_decoded.with_label_values(c),
+            classified: self.frames_classified.with_label_values(c),
+            encoded: self.frames_encoded.with_label_values(c),
+            reconnects: self.reconnects.with_label_values(c),
+            dropped: self.frames_dropped.clone(),
+            stages: Stage::ALL.map(|s| self.stage_seconds.with_label_values(&[camera, s.as_str()])),
+            capture_to_label: self.capture_to_label_seconds.with_label_values(c),
+            camera: camera.to_owned(),
+        }
+    }
+
+    /// The registry, for subsystems that add their own metrics (e.g. the SFU).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// One camera's metric handles.
+#[derive(Clone)]
+pub struct CameraMetrics {
+    camera: String,
+    pub received: IntCounter,
+    pub decoded: IntCounter,
+    pub classified: IntCounter,
+    pub encoded: IntCounter,
+    pub reconnects: IntCounter,
+    dropped: IntCounterVec,
+    stages: [Histogram; 5],
+    pub capture_to_label: Histogram,
+}
+
+impl CameraMetrics {
+    pub fn dropped(&self, reason: &str, n: u64) {
+        self.dropped.with_label_values(&[self.camera.as_str(), reason]).inc_by(n);
+    }
+
+    /// Records `ms` milliseconds spent in `stage`.
+    pub fn stage(&self, stage: Stage, ms: f64) {
+        self.stages[stage as usize].observe(ms / 1e3);
+    }
+}

@@ -1,0 +1,29 @@
+//! Runs a network test inside a network namespace of its own (loopback only),
+//! so nothing it does can reach any address but 127.0.0.1 — DNS lookups of
+//! made-up hosts included.
+//!
+//! Usage, first line of a test: `if !netns::isolated("module::test_name") { return; }`.
+//! Outside a namespace this re-runs the same test binary, for that one test, under
+//! `unshare -n` with `lo` up, asserts it passed, and returns false.
+
+use std::process::Command;
+
+/// True when the only network interface is loopback.
+fn only_loopback() -> bool {
+    std::fs::read_dir("/sys/class/net").map(|d| d.flatten().all(|e| e.file_name() == "lo")).unwrap_or(false)
+}
+
+pub fn isolated(test_name: &str) -> bool {
+    if only_loopback() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let status = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(&exe)
+        .args(["--exact", test_name, "--nocapture", "--test-threads", "1"])
+        .status()
+        .expect("unshare (util-linux) runs; tests need root or user namespaces");
+    assert!(status.success(), "{test_name} failed inside its network namespace");
+    false
+}

@@ -1,0 +1,137 @@
+//! Runs the real `infercast` binary as a service for a test, and talks to its
+//! HTTP API.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Infercast {
+    child: Child,
+    pub base: String,
+    /// Everything infercast wrote to stderr so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent()
+}
+
+impl Infercast {
+    /// Starts `infercast --listen 127.0.0.1:0 ARGS...` and waits (≤ 60 s) for it to
+    /// say where it listens.
+    pub fn start(args: &[&str]) -> Infercast {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_infercast"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("ORT_DYLIB_PATH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("infercast starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("on http://").nth(1) {
+                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("infercast did not start listening; log:\n{}", log.lock().unwrap())
+        });
+        Infercast { child, base: format!("http://{addr}"), log }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        let mut resp = agent().get(format!("{}{path}", self.base)).call().expect("HTTP request");
+        let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let body = resp.body_mut().with_config().limit(64 << 20).read_to_vec().expect("body");
+        Reply { status: resp.status().as_u16(), content_type, body }
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = self.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {}", String::from_utf8_lossy(&r.body));
+        r.json()
+    }
+
+    /// Polls `path` until `pred` holds on its JSON (every 100 ms, at most `within`);
+    /// returns the JSON that satisfied it.
+    pub fn wait_for(
+        &self,
+        path: &str,
+        within: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.get_json(path);
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting on {path}; last: {v:#}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The camera named `name` from `/api/cameras/{name}`.
+    pub fn camera(&self, name: &str) -> serde_json::Value {
+        self.get_json(&format!("/api/cameras/{name}"))
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and returns how long the process took to exit (panics after 10 s).
+    pub fn terminate(&mut self) -> Duration {
+        let t = Instant::now();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "infercast exited with {status}; log:\n{}", self.log());
+                return t.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("infercast did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Infercast {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
