@@ -5,11 +5,16 @@
 //! [`media`] plain frame types, [`infer`] the ONNX Runtime classifier,
 //! [`classify`] the still-photo command, [`telemetry`] logging.
 
+pub mod api;
+pub mod app;
 pub mod classify;
+pub mod codec;
 pub mod config;
 pub mod hub;
 pub mod infer;
 pub mod ingest;
 pub mod labels;
 pub mod media;
+pub mod overlay;
+pub mod pipeline;
 pub mod telemetry;

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use infercast::app;
 use infercast::classify::classify_photos;
 use infercast::config::{Config, ModelVariant};
 use infercast::infer::InferenceWorker;
 use infercast::telemetry;
+use tokio_util::sync::CancellationToken;
 
 /// Edge video analytics: RTSP cameras in, ImageNet labels and live video out.
 ///
@@ -80,7 +82,57 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         None => {
-            Err("no command given; use `infercast classify PHOTO...` (camera serving comes with the pipeline)".into())
+            if let Some(listen) = cli.listen {
+                config.listen = listen;
+            }
+            config.cameras.extend(app::cameras_from_args(&cli.cameras));
+            if config.cameras.is_empty() {
+                config.cameras.push(app::demo_camera());
+            }
+            serve(config)
         }
     }
+}
+
+fn serve(config: Config) -> Result<ExitCode, String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let cancel = CancellationToken::new();
+    let cameras: Vec<String> = config.cameras.iter().map(|c| c.name.clone()).collect();
+    runtime.block_on(async {
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            on_signal.cancel();
+        });
+        app::serve(config, cancel, |addr| {
+            eprintln!("infercast: serving {} on http://{addr}/ (labels: http://{addr}/api/labels)", cameras.join(", "));
+        })
+        .await
+        .map_err(|e| e.to_string())
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_millis(300));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

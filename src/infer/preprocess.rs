@@ -26,13 +26,13 @@ struct Taps {
 }
 
 impl Taps {
-    /// PIL's `precompute_coeffs` with the bilinear filter (support 1, scaled when
-    /// downsampling so every source pixel contributes).
+    /// Taps resizing `src_len` samples to `dst_len`: an area (box) average when
+    /// shrinking by 2× or more — every source pixel counts once, weighted by how
+    /// much of it falls inside the output pixel — else PIL's bilinear
+    /// (`precompute_coeffs`, support 1 scaled by the reduction).
     fn new(src_len: usize, dst_len: usize) -> Taps {
         let scale = src_len as f64 / dst_len as f64;
-        let filter_scale = scale.max(1.0);
-        let support = filter_scale;
-        let max_len = support.ceil() as usize * 2 + 1;
+        let max_len = if scale >= 2.0 { scale.ceil() as usize + 1 } else { scale.max(1.0).ceil() as usize * 2 + 1 };
         let mut t = Taps {
             src_len,
             start: Vec::with_capacity(dst_len),
@@ -41,17 +41,9 @@ impl Taps {
             weights: vec![0.0; dst_len * max_len],
         };
         for o in 0..dst_len {
-            let center = (o as f64 + 0.5) * scale;
-            let lo = ((center - support + 0.5) as isize).max(0) as usize;
-            let hi = ((center + support + 0.5) as usize).min(src_len);
             let w = &mut t.weights[o * max_len..][..max_len];
-            let mut total = 0.0;
-            for (k, x) in (lo..hi).enumerate() {
-                let d = ((x as f64 - center + 0.5) / filter_scale).abs();
-                let wk = if d < 1.0 { 1.0 - d } else { 0.0 };
-                w[k] = wk as f32;
-                total += wk;
-            }
+            let (lo, hi) = if scale >= 2.0 { area(o, scale, src_len, w) } else { bilinear(o, scale, src_len, w) };
+            let total: f64 = w[..hi - lo].iter().map(|&x| f64::from(x)).sum();
             if total > 0.0 {
                 w.iter_mut().for_each(|wk| *wk = (f64::from(*wk) / total) as f32);
             }
@@ -64,6 +56,31 @@ impl Taps {
     fn get(&self, o: usize) -> (usize, &[f32]) {
         (self.start[o], &self.weights[o * self.max_len..][..self.len[o]])
     }
+}
+
+/// Area weights of output `o`: overlap of source pixel `[x, x+1)` with `[o·scale, (o+1)·scale)`.
+fn area(o: usize, scale: f64, src_len: usize, w: &mut [f32]) -> (usize, usize) {
+    let (begin, end) = (o as f64 * scale, (o as f64 + 1.0) * scale);
+    let lo = begin.floor() as usize;
+    let hi = (end.ceil() as usize).min(src_len);
+    for (k, x) in (lo..hi).enumerate() {
+        let overlap = (end.min(x as f64 + 1.0) - begin.max(x as f64)).max(0.0);
+        w[k] = overlap as f32;
+    }
+    (lo, hi)
+}
+
+/// PIL's bilinear weights of output `o` (unnormalised).
+fn bilinear(o: usize, scale: f64, src_len: usize, w: &mut [f32]) -> (usize, usize) {
+    let filter_scale = scale.max(1.0);
+    let center = (o as f64 + 0.5) * scale;
+    let lo = ((center - filter_scale + 0.5) as isize).max(0) as usize;
+    let hi = ((center + filter_scale + 0.5) as usize).min(src_len);
+    for (k, x) in (lo..hi).enumerate() {
+        let d = ((x as f64 - center + 0.5) / filter_scale).abs();
+        w[k] = if d < 1.0 { (1.0 - d) as f32 } else { 0.0 };
+    }
+    (lo, hi)
 }
 
 /// Reusable preprocessing state: cached filter taps per source size and scratch
@@ -151,32 +168,56 @@ impl Preprocessor {
         let vi = self.taps_index(height);
         let hi = self.taps_index(width);
         let mut rows = std::mem::take(&mut self.rows);
-        rows.clear();
         rows.resize(INPUT_SIDE * row_len, 0.0);
         let vt = &self.taps[vi];
         for (oy, acc) in rows.chunks_exact_mut(row_len).enumerate() {
             let (y0, weights) = vt.get(oy);
-            for (k, &wk) in weights.iter().enumerate() {
-                let line = &src[(y0 + k) * stride..][..row_len];
-                for (a, &s) in acc.iter_mut().zip(line) {
+            let line = |k: usize| &src[(y0 + k) * stride..][..row_len];
+            acc.fill(0.0); // per row, while it is hot in L1
+            let mut k = 0;
+            // Four source rows per sweep: fewer passes over the accumulator row.
+            while k + 4 <= weights.len() {
+                let (w0, w1, w2, w3) = (weights[k], weights[k + 1], weights[k + 2], weights[k + 3]);
+                let rows4 = line(k).iter().zip(line(k + 1)).zip(line(k + 2)).zip(line(k + 3));
+                for (a, (((&s0, &s1), &s2), &s3)) in acc.iter_mut().zip(rows4) {
+                    *a += w0 * f32::from(s0) + w1 * f32::from(s1) + w2 * f32::from(s2) + w3 * f32::from(s3);
+                }
+                k += 4;
+            }
+            for (k, &wk) in weights.iter().enumerate().skip(k) {
+                for (a, &s) in acc.iter_mut().zip(line(k)) {
                     *a += wk * f32::from(s);
                 }
             }
         }
         let ht = &self.taps[hi];
-        for (oy, row) in rows.chunks_exact(row_len).enumerate() {
-            for ox in 0..INPUT_SIDE {
-                let (x0, weights) = ht.get(ox);
-                for (c, plane) in out.iter_mut().enumerate() {
-                    let mut sum = 0.0;
-                    for (k, &wk) in weights.iter().enumerate() {
-                        sum += wk * row[(x0 + k) * channels + c];
-                    }
-                    plane[oy * INPUT_SIDE + ox] = sum;
-                }
-            }
+        match channels {
+            1 => horizontal::<1>(&rows, row_len, ht, out),
+            3 => horizontal::<3>(&rows, row_len, ht, out),
+            _ => unreachable!("only planes (1) and packed RGB (3) are resampled"),
         }
         self.rows = rows;
+    }
+}
+
+/// Horizontal pass: each of the 224 accumulated rows (`C` interleaved channels)
+/// to 224 samples per channel plane. `C` is a constant so indexing compiles to
+/// plain strided loads.
+fn horizontal<const C: usize>(rows: &[f32], row_len: usize, taps: &Taps, out: &mut [&mut [f32]]) {
+    for (oy, row) in rows.chunks_exact(row_len).enumerate() {
+        for ox in 0..INPUT_SIDE {
+            let (x0, weights) = taps.get(ox);
+            let span = &row[x0 * C..(x0 + weights.len()) * C];
+            let mut sums = [0.0f32; C];
+            for (w, px) in weights.iter().zip(span.chunks_exact(C)) {
+                for c in 0..C {
+                    sums[c] += w * px[c];
+                }
+            }
+            for c in 0..C {
+                out[c][oy * INPUT_SIDE + ox] = sums[c];
+            }
+        }
     }
 }
 

@@ -73,6 +73,9 @@ impl CameraUrl {
 
     /// The redacted form: `rtsp://***@host/path` when credentials were given.
     pub fn redacted(&self) -> String {
+        if let Some(path) = &self.file_path {
+            return format!("file:{}", path.display());
+        }
         match &self.credentials {
             Some(_) => self.url.as_str().replacen("://", "://***@", 1),
             None => self.url.to_string(),

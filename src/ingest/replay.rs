@@ -8,36 +8,11 @@ use std::time::{Duration, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{IngestError, StreamInfo};
+use crate::codec::annexb::nal_type::{
+    AUD as NAL_AUD, IDR_SLICE as NAL_IDR, NON_IDR_SLICE as NAL_SLICE, PPS as NAL_PPS, SEI as NAL_SEI, SPS as NAL_SPS,
+};
+use crate::codec::annexb::{START_CODE, nal_units};
 use crate::media::AccessUnit;
-
-const NAL_SLICE: u8 = 1;
-const NAL_IDR: u8 = 5;
-const NAL_SEI: u8 = 6;
-const NAL_SPS: u8 = 7;
-const NAL_PPS: u8 = 8;
-const NAL_AUD: u8 = 9;
-
-/// The NAL units of an Annex B buffer (without start codes).
-pub fn nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            starts.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let ends: Vec<usize> = starts.iter().skip(1).map(|&s| s - 3).chain(std::iter::once(data.len())).collect();
-    starts.into_iter().zip(ends).map(move |(s, e)| {
-        let mut nal = &data[s..e];
-        while let [rest @ .., 0] = nal {
-            nal = rest; // trailing zero of a 4-byte start code, or trailing_zero_8bits
-        }
-        nal
-    })
-}
 
 /// Splits an Annex B stream into access units (one picture each), starting at
 /// the first IDR; keyframes get the latest SPS/PPS in front. Each unit is
@@ -54,12 +29,12 @@ pub fn split_access_units(data: &[u8]) -> Vec<(Bytes, bool)> {
             let has_ps = current.iter().any(|n| n[0] & 0x1f == NAL_SPS);
             if keyframe && !has_ps {
                 for ps in [sps, pps].into_iter().flatten() {
-                    out.put_slice(&[0, 0, 0, 1]);
+                    out.put_slice(&START_CODE);
                     out.put_slice(ps);
                 }
             }
             for n in current.iter() {
-                out.put_slice(&[0, 0, 0, 1]);
+                out.put_slice(&START_CODE);
                 out.put_slice(n);
             }
             units.push((out.freeze(), keyframe));

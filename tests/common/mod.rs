@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod rtsp;
 pub mod service;
 
 use std::path::PathBuf;

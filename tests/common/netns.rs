@@ -8,17 +8,28 @@
 
 use std::process::Command;
 
-/// True when the only network interface is loopback.
+/// Set in the re-run child, so it never re-runs itself again.
+const MARKER: &str = "INFERCAST_TEST_NETNS";
+
+/// True when this process's network namespace has no interface but `lo`
+/// (`/proc/self/net/dev` is per namespace; `/sys/class/net` is not).
 fn only_loopback() -> bool {
-    std::fs::read_dir("/sys/class/net").map(|d| d.flatten().all(|e| e.file_name() == "lo")).unwrap_or(false)
+    std::fs::read_to_string("/proc/self/net/dev")
+        .map(|t| t.lines().skip(2).all(|l| l.trim_start().starts_with("lo:")))
+        .unwrap_or(false)
 }
 
 pub fn isolated(test_name: &str) -> bool {
+    if std::env::var_os(MARKER).is_some() {
+        assert!(only_loopback(), "re-run in a namespace, yet interfaces other than lo are visible");
+        return true;
+    }
     if only_loopback() {
         return true;
     }
     let exe = std::env::current_exe().expect("test binary path");
     let status = Command::new("unshare")
+        .env(MARKER, "1")
         .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
         .arg(&exe)
         .args(["--exact", test_name, "--nocapture", "--test-threads", "1"])

@@ -82,6 +82,24 @@ impl Infercast {
         r.json()
     }
 
+    /// Reads a Server-Sent Events stream until its first complete event (blank
+    /// line), at most `within`.
+    pub fn first_sse_event(&self, path: &str, within: Duration) -> String {
+        use std::io::Read;
+        let agent = ureq::Agent::config_builder().timeout_global(Some(within)).build().new_agent();
+        let resp = agent.get(format!("{}{path}", self.base)).call().expect("SSE request");
+        assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+        let mut reader = resp.into_body().into_reader();
+        let mut text = String::new();
+        let mut buf = [0u8; 1024];
+        while !text.contains("\n\n") {
+            let n = reader.read(&mut buf).expect("SSE bytes arrive in time");
+            assert!(n > 0, "SSE stream ended: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text
+    }
+
     /// Polls `path` until `pred` holds on its JSON (every 100 ms, at most `within`);
     /// returns the JSON that satisfied it.
     pub fn wait_for(

@@ -1,0 +1,146 @@
+//! H.264 cost per frame at 720p and 1080p: decoding a camera-like stream into
+//! I420 (with and without reusing the output frame) and encoding the annotated
+//! track (2 Mbit/s at 720p, 4 Mbit/s at 1080p, 25 fps, 2 s GOP).
+//!
+//! Input: 50 synthetic moving frames, encoded once up front; each iteration
+//! decodes (or encodes) the next frame of the loop, so P-frames and the GOP's
+//! IDR are averaged as in a live stream. The synthetic picture moves as a whole
+//! (hard for the encoder); the first 50 frames of the demo clip
+//! `assets/demo/bikes-1280x720.h264` (real camera-like content, x264 constrained
+//! baseline, 1 s GOP) are benched too when the file is present.
+
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use infercast::codec::annexb::{self, START_CODE, nal_type};
+use infercast::codec::decode::Decoder;
+use infercast::codec::encode::{Encoder, EncoderConfig};
+use infercast::media::{AccessUnit, VideoFrame};
+
+const FRAMES: u32 = 50;
+const FPS: f32 = 25.0;
+
+/// Frame `i`: gradients, a sliding checker pattern and a bright square that
+/// crosses the picture, so motion estimation has real work.
+fn frame(w: u32, h: u32, i: u32) -> VideoFrame {
+    let (bx, by) = (i * w / FRAMES, h / 3 + i * h / (3 * FRAMES));
+    let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let xs = x + 4 * i;
+            let checker = if (xs / 24 + y / 24).is_multiple_of(2) { 50 } else { 0 };
+            let square = x.abs_diff(bx) < w / 12 && y.abs_diff(by) < h / 8;
+            if square {
+                rgb.extend([250, 240, 40]);
+            } else {
+                rgb.extend([(x * 255 / w) as u8, ((y + 2 * i) * 200 / h).min(255) as u8, (90 + checker) as u8]);
+            }
+        }
+    }
+    let mut f = VideoFrame::from_rgb(w, h, &rgb);
+    f.pts_90k = i64::from(i) * 3600; // 25 fps in 90 kHz ticks
+    f
+}
+
+/// The first `FRAMES` access units of an Annex B file with one slice per
+/// picture: each slice NAL unit closes a unit with the NAL units before it.
+fn clip_access_units(data: &[u8]) -> Vec<AccessUnit> {
+    let mut aus = Vec::new();
+    let mut pending = Vec::new();
+    for nal in annexb::nal_units(data) {
+        pending.extend_from_slice(&START_CODE);
+        pending.extend_from_slice(nal);
+        if matches!(annexb::nal_type(nal), Some(nal_type::NON_IDR_SLICE | nal_type::IDR_SLICE)) {
+            let keyframe = annexb::nal_type(nal) == Some(nal_type::IDR_SLICE);
+            let data = Bytes::from(std::mem::take(&mut pending));
+            let pts_90k = aus.len() as i64 * 3600;
+            aus.push(AccessUnit {
+                data,
+                pts_90k,
+                keyframe,
+                received_at: Instant::now(),
+                captured_at: SystemTime::now(),
+            });
+            if aus.len() == FRAMES as usize {
+                break;
+            }
+        }
+    }
+    aus
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec");
+    for (w, h, bitrate_bps) in [(1280u32, 720u32, 2_000_000u32), (1920, 1080, 4_000_000)] {
+        let frames: Vec<VideoFrame> = (0..FRAMES).map(|i| frame(w, h, i)).collect();
+        let aus = encode_all(&frames, bitrate_bps);
+        bench_decode(&mut group, &format!("synthetic_{w}x{h}"), &aus);
+        bench_encode(&mut group, &format!("synthetic_{w}x{h}_{}kbps", bitrate_bps / 1000), &frames, bitrate_bps);
+    }
+    let clip = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo/bikes-1280x720.h264");
+    match std::fs::read(clip) {
+        Ok(data) => {
+            let aus = clip_access_units(&data);
+            let mut dec = Decoder::new().expect("decoder");
+            let frames: Vec<VideoFrame> =
+                aus.iter().filter_map(|au| dec.decode(au).expect("the demo clip decodes")).collect();
+            bench_decode(&mut group, "bikes_1280x720", &aus);
+            bench_encode(&mut group, "bikes_1280x720_2000kbps", &frames, 2_000_000);
+        }
+        Err(e) => eprintln!("{clip}: {e}; real-content benches skipped"),
+    }
+    group.finish();
+}
+
+fn config(frames: &[VideoFrame], bitrate_bps: u32) -> EncoderConfig {
+    let (width, height) = (frames[0].width, frames[0].height);
+    EncoderConfig { width, height, bitrate_bps, max_fps: FPS, gop_frames: (2.0 * FPS) as u32 }
+}
+
+fn encode_all(frames: &[VideoFrame], bitrate_bps: u32) -> Vec<AccessUnit> {
+    let mut enc = Encoder::new(config(frames, bitrate_bps)).expect("encoder");
+    frames.iter().map(|f| enc.encode(f, false).expect("encode")).collect()
+}
+
+/// Decoding the loop of `aus` (starting at an IDR, so wrapping around is a
+/// clean restart), into a reused frame and into a new frame each time.
+fn bench_decode(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, aus: &[AccessUnit]) {
+    assert!(aus[0].keyframe, "the loop must start at an IDR");
+    let mut dec = Decoder::new().expect("decoder");
+    let mut out = dec.decode(&aus[0]).expect("decode").expect("a picture");
+    let mut next = 1;
+    group.bench_function(format!("decode_into_{name}"), |b| {
+        b.iter(|| {
+            let au = &aus[next % aus.len()];
+            next += 1;
+            dec.decode_into(au, &mut out).expect("decode")
+        })
+    });
+    let mut dec = Decoder::new().expect("decoder");
+    let mut next = 0;
+    group.bench_function(format!("decode_alloc_{name}"), |b| {
+        b.iter(|| {
+            let au = &aus[next % aus.len()];
+            next += 1;
+            dec.decode(au).expect("decode")
+        })
+    });
+}
+
+/// Encoding the loop of `frames` with a 2 s GOP.
+fn bench_encode(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, frames: &[VideoFrame], bitrate_bps: u32) {
+    let mut enc = Encoder::new(config(frames, bitrate_bps)).expect("encoder");
+    let mut next = 0;
+    group.bench_function(format!("encode_{name}"), |b| {
+        b.iter(|| {
+            let f = &frames[next % frames.len()];
+            next += 1;
+            enc.encode(f, false).expect("encode")
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,140 @@
+//! The HTTP API (axum): cameras, snapshots, labels (REST and Server-Sent
+//! Events), health and Prometheus metrics. `router(state)` builds it all in
+//! one place.
+
+mod error;
+mod snapshot;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+pub use self::error::ApiError;
+use crate::hub::{Hub, TrackKind};
+use crate::labels::{Label, LabelStore};
+use crate::pipeline::{Camera, CameraState, CameraStatus};
+use crate::telemetry::Metrics;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub cameras: Arc<BTreeMap<String, Arc<Camera>>>,
+    pub labels: Arc<LabelStore>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    /// Ends long-lived responses (SSE) at shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl AppState {
+    fn camera(&self, name: &str) -> Result<&Arc<Camera>, ApiError> {
+        self.cameras.get(name).ok_or_else(|| ApiError::camera_not_found(name))
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/cameras", get(list_cameras))
+        .route("/api/cameras/{name}", get(get_camera))
+        .route("/api/cameras/{name}/snapshot.jpg", get(snapshot::snapshot))
+        .route("/api/labels", get(latest_labels))
+        .route("/api/labels/stream", get(label_stream))
+        .route("/api/labels/{camera}", get(label_history))
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(state)
+}
+
+/// A camera as `/api/cameras` shows it: status plus viewers per track.
+#[derive(Serialize)]
+struct CameraView {
+    #[serde(flatten)]
+    status: CameraStatus,
+    viewers: BTreeMap<&'static str, usize>,
+}
+
+fn view(camera: &Camera) -> CameraView {
+    let viewers = [TrackKind::Raw, TrackKind::Annotated]
+        .into_iter()
+        .map(|k| (k.as_str(), camera.tracks.track(k).subscriber_count()))
+        .collect();
+    CameraView { status: camera.status(), viewers }
+}
+
+async fn list_cameras(State(state): State<AppState>) -> Json<Vec<CameraView>> {
+    Json(state.cameras.values().map(|c| view(c)).collect())
+}
+
+async fn get_camera(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<CameraView>, ApiError> {
+    Ok(Json(view(state.camera(&name)?)))
+}
+
+async fn latest_labels(State(state): State<AppState>) -> Json<Vec<Arc<Label>>> {
+    Json(state.labels.latest_all())
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    /// RFC 3339 time: only labels captured after it.
+    since: Option<String>,
+    /// Most labels returned (newest kept), default 100, at most 1000.
+    limit: Option<usize>,
+}
+
+async fn label_history(
+    State(state): State<AppState>,
+    Path(camera): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Vec<Arc<Label>>>, ApiError> {
+    state.camera(&camera)?;
+    let since = match q.since.as_deref() {
+        None => None,
+        Some(s) => Some(
+            DateTime::parse_from_rfc3339(s)
+                .map_err(|e| ApiError::bad_request(format!("since={s:?} is not an RFC 3339 time ({e})")))?
+                .with_timezone(&Utc),
+        ),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request(format!("limit={limit} is out of range 1..=1000")));
+    }
+    Ok(Json(state.labels.history(&camera, since, limit)))
+}
+
+async fn label_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let shutdown = state.shutdown.clone().cancelled_owned();
+    let labels = BroadcastStream::new(state.labels.subscribe()).filter_map(|r| {
+        // A lagging client skips labels it missed; the next one still arrives.
+        let label = r.ok()?;
+        Event::default().event("label").json_data(&*label).ok().map(Ok)
+    });
+    let stream = futures::StreamExt::take_until(labels, shutdown);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let streaming = state.cameras.values().filter(|c| c.status().state == CameraState::Streaming).count();
+    Json(json!({ "status": "ready", "cameras": state.cameras.len(), "cameras_streaming": streaming })).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}

@@ -1,0 +1,103 @@
+//! Start-up and shutdown of the camera service: classifier, cameras, HTTP API,
+//! all tied to one cancellation token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{CameraConfig, Config};
+use crate::hub::Hub;
+use crate::infer::InferenceWorker;
+use crate::labels::LabelStore;
+use crate::pipeline::{Camera, Services};
+use crate::telemetry::Metrics;
+
+/// The demo clip `scripts/setup` makes, relative to the project root.
+pub const DEMO_CLIP: &str = "assets/demo/bikes-640x272.h264";
+
+/// Start-up failures (each ends the program with one line and exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Infer(#[from] crate::infer::InferError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("cannot start camera {name}: {reason}")]
+    Camera { name: String, reason: String },
+}
+
+/// Camera configs from command-line arguments: `URL` (named `cam1`, `cam2`, ...
+/// by position) or `NAME=URL`.
+pub fn cameras_from_args(args: &[String]) -> Vec<CameraConfig> {
+    args.iter()
+        .enumerate()
+        .map(|(i, arg)| match arg.split_once('=') {
+            Some((name, url)) if !name.contains(':') && !name.contains('/') => CameraConfig::new(name, url),
+            _ => CameraConfig::new(&format!("cam{}", i + 1), arg),
+        })
+        .collect()
+}
+
+/// The built-in demo camera: the bundled clip replayed in a loop.
+pub fn demo_camera() -> CameraConfig {
+    CameraConfig::new("demo", &format!("file:{DEMO_CLIP}"))
+}
+
+/// Runs until `cancel`: loads the classifier, starts every camera and serves the
+/// API on `config.listen`. Calls `on_listening` with the bound address.
+pub async fn serve(
+    config: Config,
+    cancel: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), AppError> {
+    config.validate().map_err(AppError::Config)?;
+    let classifier = {
+        let inference = config.inference.clone();
+        tokio::task::spawn_blocking(move || InferenceWorker::start(&inference))
+            .await
+            .map_err(|e| AppError::Config(format!("classifier start-up panicked: {e}")))??
+    };
+    let services = Services {
+        hub: Arc::new(Hub::default()),
+        labels: Arc::new(LabelStore::new(config.label_history)),
+        classifier,
+        metrics: Arc::new(Metrics::new()),
+        rtsp: config.rtsp.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| AppError::Listen { addr: config.listen.clone(), reason: e.to_string() })?;
+    let addr =
+        listener.local_addr().map_err(|e| AppError::Listen { addr: config.listen.clone(), reason: e.to_string() })?;
+
+    let mut cameras = BTreeMap::new();
+    for cam in &config.cameras {
+        let camera = Camera::spawn(cam.clone(), &services, cancel.child_token())
+            .map_err(|e| AppError::Camera { name: cam.name.clone(), reason: e.to_string() })?;
+        cameras.insert(cam.name.clone(), camera);
+    }
+    let state = AppState {
+        cameras: Arc::new(cameras),
+        labels: services.labels.clone(),
+        hub: services.hub.clone(),
+        metrics: services.metrics.clone(),
+        shutdown: cancel.clone(),
+    };
+    on_listening(addr);
+    let shutdown = cancel.clone();
+    let server =
+        axum::serve(listener, api::router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let server = tokio::spawn(async move { server.await });
+    cancel.cancelled().await;
+    // Open streams (SSE) end with the token; give in-flight requests a moment.
+    if tokio::time::timeout(Duration::from_millis(1500), server).await.is_err() {
+        tracing::warn!("HTTP connections still open after 1.5 s; closing them");
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! H.264 decode and encode over openh264, plus Annex B / AVCC helpers.
+//!
+//! [`decode::Decoder`] turns camera access units into I420 [`VideoFrame`]s and
+//! never shows a picture built on a lost reference; [`encode::Encoder`] turns
+//! annotated frames into a browser-friendly constrained-baseline stream;
+//! [`annexb`] splits and converts byte streams for ingest and packetisers.
+//! This module does no I/O, owns no threads and knows nothing about cameras or
+//! viewers: callers pass access units and frames in, and get them back.
+//!
+//! [`VideoFrame`]: crate::media::VideoFrame
+
+pub mod annexb;
+pub mod decode;
+pub mod encode;
+
+/// What went wrong in the codec layer. Messages say what happened and to which
+/// picture (by its 90 kHz pts) so logs can be read without the code.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// openh264 refused to create or initialise an encoder or decoder.
+    #[error("cannot create the openh264 {what}: {reason}")]
+    Init { what: &'static str, reason: String },
+    /// An access unit could not be decoded (corrupt, truncated, or its reference
+    /// picture was lost). The decoder now waits for the next keyframe.
+    #[error("H.264 access unit at pts {pts_90k} (90 kHz) is undecodable: {reason}; waiting for the next keyframe")]
+    Decode { pts_90k: i64, reason: String },
+    /// openh264 failed to encode a frame.
+    #[error("H.264 encoder failed on the frame at pts {pts_90k} (90 kHz): {reason}")]
+    Encode { pts_90k: i64, reason: String },
+    /// The encoder configuration cannot work (zero bitrate, zero fps, ...).
+    #[error("invalid H.264 encoder config: {0}")]
+    InvalidConfig(String),
+    /// A frame handed to the encoder has a size or plane layout it cannot take.
+    #[error("video frame {width}x{height} cannot be encoded: {reason}")]
+    InvalidFrame { width: u32, height: u32, reason: String },
+    /// An AVCC (length-prefixed) NAL unit runs past the end of its buffer.
+    #[error("AVCC data: NAL unit at byte {offset} declares {declared} bytes but only {available} remain")]
+    AvccTruncated { offset: usize, declared: usize, available: usize },
+    /// AVCC NAL length fields are 1, 2 or 4 bytes long.
+    #[error("AVCC NAL length size must be 1, 2 or 4 bytes, not {0}")]
+    AvccLengthSize(usize),
+    /// The `avcC` extra data (AVCDecoderConfigurationRecord) is malformed.
+    #[error("invalid AVCDecoderConfigurationRecord (avcC extra data): {0}")]
+    AvcConfig(String),
+}
+
+/// Readable names for openh264's `DECODING_STATE` bits (codec_app_def.h), which
+/// the openh264 crate reports as the error's native code.
+fn decoding_state_text(e: &openh264::Error) -> String {
+    const BITS: [(i64, &str); 11] = [
+        (0x01, "frame pending"),
+        (0x02, "reference picture lost (frame gap: a dropped or undecodable frame before this one)"),
+        (0x04, "bitstream error"),
+        (0x08, "dependent layer lost"),
+        (0x10, "no SPS/PPS received for this slice"),
+        (0x20, "data error concealed"),
+        (0x40, "reference list holds null pictures"),
+        (0x1000, "invalid argument"),
+        (0x2000, "decoder not initialised"),
+        (0x4000, "out of memory"),
+        (0x8000, "picture larger than the output buffer"),
+    ];
+    let code = e.native_code();
+    if code == 0 {
+        return openh264_text(e);
+    }
+    let names: Vec<&str> = BITS.iter().filter(|(bit, _)| code & bit != 0).map(|(_, name)| *name).collect();
+    if names.is_empty() { format!("openh264 decoding state {code:#x}") } else { names.join(", ") }
+}
+
+/// Readable text for an openh264 encoder or setup error (`CM_RETURN` codes).
+fn openh264_text(e: &openh264::Error) -> String {
+    match e.native_code() {
+        0 => {
+            // The crate's Display is "OpenH264 encountered an error. Native:0. ...
+            // User Message:Some(\"...\")": keep only the message part.
+            let full = e.to_string();
+            match full.split_once("User Message:") {
+                Some((_, msg)) => {
+                    let msg = msg.trim_end_matches(". Backtraces enabled.");
+                    msg.trim_start_matches("Some(\"").trim_end_matches("\")").to_string()
+                }
+                None => full,
+            }
+        }
+        1 => "invalid parameters (cmInitParaError)".to_string(),
+        2 => "unknown reason (cmUnknownReason)".to_string(),
+        3 => "out of memory (cmMallocMemeError)".to_string(),
+        4 => "not initialised (cmInitExpected)".to_string(),
+        5 => "unsupported data (cmUnsupportedData)".to_string(),
+        n => format!("openh264 error code {n}"),
+    }
+}
+
+/// Synthetic pictures and measures shared by the codec tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use crate::media::{AccessUnit, VideoFrame};
+
+    use super::encode::{Encoder, EncoderConfig};
+
+    /// Frame `i` of a moving picture: diagonal gradients plus a checker pattern
+    /// that slides 3 px per frame, so P-frames have real motion to code.
+    pub fn moving_frame(w: u32, h: u32, i: u32) -> VideoFrame {
+        let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            for x in 0..w {
+                let xs = x + 3 * i;
+                let checker = if (xs / 16 + y / 16).is_multiple_of(2) { 60 } else { 0 };
+                rgb.extend([
+                    ((xs * 255 / w.max(1)) % 256) as u8,
+                    ((y + i) * 255 / h.max(1)).min(255) as u8,
+                    (100 + checker) as u8,
+                ]);
+            }
+        }
+        let mut f = VideoFrame::from_rgb(w, h, &rgb);
+        f.pts_90k = i64::from(i) * 3000; // 30 fps
+        f.received_at = Instant::now();
+        f.captured_at =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(u64::from(i));
+        f
+    }
+
+    /// PSNR of two Y planes of the same size, dB (99 when identical).
+    pub fn psnr_y(a: &VideoFrame, b: &VideoFrame) -> f64 {
+        assert_eq!((a.width, a.height), (b.width, b.height));
+        let (w, h) = (a.width as usize, a.height as usize);
+        let mut se = 0.0f64;
+        for row in 0..h {
+            let ra = &a.y[row * a.y_stride..][..w];
+            let rb = &b.y[row * b.y_stride..][..w];
+            se += ra.iter().zip(rb).map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2)).sum::<f64>();
+        }
+        let mse = se / (w * h) as f64;
+        if mse == 0.0 { 99.0 } else { 10.0 * (255.0f64 * 255.0 / mse).log10() }
+    }
+
+    /// A config for small test streams: 30 fps, the given GOP.
+    pub fn config(w: u32, h: u32, gop_frames: u32) -> EncoderConfig {
+        EncoderConfig { width: w, height: h, bitrate_bps: 1_000_000, max_fps: 30.0, gop_frames }
+    }
+
+    /// Encodes `n` moving frames; returns the source frames and their access units.
+    pub fn encode_sequence(w: u32, h: u32, n: u32, gop_frames: u32) -> (Vec<VideoFrame>, Vec<AccessUnit>) {
+        let mut enc = Encoder::new(config(w, h, gop_frames)).expect("encoder");
+        let frames: Vec<VideoFrame> = (0..n).map(|i| moving_frame(w, h, i)).collect();
+        let aus = frames.iter().map(|f| enc.encode(f, false).expect("encode")).collect();
+        (frames, aus)
+    }
+}

@@ -1,0 +1,316 @@
+//! A camera's media thread: decode every access unit, classify at the camera's
+//! rate through the shared inference worker, draw the latest label, and encode
+//! the annotated track once (when someone watches it, or always).
+//!
+//! Synchronous code on its own OS thread; it never blocks on the network,
+//! viewers or inference (requests are submitted without waiting).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use super::queue::{FrameQueue, MediaMsg, Popped};
+use super::status::CameraStatus;
+use crate::codec::decode::Decoder;
+use crate::codec::encode::{Encoder, EncoderConfig};
+use crate::config::{CameraConfig, EncodePolicy};
+use crate::hub::{CameraTracks, TrackKind};
+use crate::infer::{INPUT_LEN, InferError, InferenceWorker, Preprocessor};
+use crate::labels::{Label, LabelStore};
+use crate::media::{AccessUnit, VideoFrame};
+use crate::overlay::Overlay;
+use crate::telemetry::{CameraMetrics, Stage};
+
+/// Slowest classification rate the pipeline backs off to when behind, seconds per frame.
+const MAX_CLASSIFY_INTERVAL: Duration = Duration::from_secs(2);
+/// How long the annotated encoder keeps running after its last viewer left.
+const ENCODER_LINGER: Duration = Duration::from_secs(5);
+
+/// A request for the next frame of one track, as decoded I420.
+pub struct SnapshotRequest {
+    pub track: TrackKind,
+    pub reply: oneshot::Sender<VideoFrame>,
+}
+
+/// Everything the media thread shares with the rest of the camera.
+pub struct MediaContext {
+    pub name: String,
+    pub config: CameraConfig,
+    pub queue: Arc<FrameQueue>,
+    pub tracks: Arc<CameraTracks>,
+    pub classifier: InferenceWorker,
+    pub labels: Arc<LabelStore>,
+    pub metrics: CameraMetrics,
+    pub status: Arc<RwLock<CameraStatus>>,
+    pub snapshots: std::sync::mpsc::Receiver<SnapshotRequest>,
+}
+
+/// The label drawn on frames and the in-flight flag, shared with inference callbacks.
+#[derive(Default)]
+struct Latest {
+    label: Mutex<Option<(String, f32)>>,
+    in_flight: AtomicBool,
+}
+
+struct ClassifyPacer {
+    target: Duration,
+    effective: Duration,
+    last_submit: Option<Instant>,
+}
+
+impl ClassifyPacer {
+    fn new(classify_fps: f32) -> ClassifyPacer {
+        let target = if classify_fps > 0.0 { Duration::from_secs_f32(1.0 / classify_fps) } else { Duration::ZERO };
+        ClassifyPacer { target, effective: target, last_submit: None }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.last_submit.is_none_or(|t| now.duration_since(t) >= self.effective)
+    }
+
+    /// Behind: the previous request has not finished or the worker is full.
+    fn slow_down(&mut self) {
+        let slower = self.effective.max(Duration::from_millis(40)).mul_f32(1.25);
+        self.effective = slower.min(MAX_CLASSIFY_INTERVAL.max(self.target));
+    }
+
+    fn speed_up(&mut self) {
+        self.effective = self.effective.mul_f32(0.9).max(self.target);
+    }
+
+    fn effective_fps(&self) -> f32 {
+        if self.effective.is_zero() { 0.0 } else { 1.0 / self.effective.as_secs_f32() }
+    }
+}
+
+/// Runs until the queue is closed.
+pub fn run(ctx: MediaContext) {
+    let mut decoder = None::<Decoder>;
+    let mut encoder = None::<Encoder>;
+    let mut encoder_last_wanted = Instant::now();
+    let mut overlay = Overlay::new();
+    let mut pre = Preprocessor::new();
+    let latest = Arc::new(Latest::default());
+    let mut pacer = ClassifyPacer::new(ctx.config.classify_fps);
+    let mut fps_window = (Instant::now(), 0u32);
+    let mut pending_snapshots: Vec<SnapshotRequest> = Vec::new();
+    loop {
+        let mut skipped = 0;
+        let popped = ctx.queue.pop(Duration::from_millis(500), &mut skipped);
+        if skipped > 0 {
+            ctx.metrics.dropped("decode_queue_full", skipped);
+        }
+        let au = match popped {
+            Popped::Closed => break,
+            Popped::Idle => continue,
+            Popped::Msg(MediaMsg::Reset) => {
+                decoder = None;
+                continue;
+            }
+            Popped::Msg(MediaMsg::AccessUnit(au)) => au,
+        };
+        let Some(mut frame) = decode(&ctx, &mut decoder, &au) else { continue };
+        update_fps(&ctx, &mut fps_window, &frame);
+
+        pending_snapshots.extend(ctx.snapshots.try_iter());
+        answer_snapshots(&mut pending_snapshots, TrackKind::Raw, &frame);
+
+        classify(&ctx, &mut pre, &mut pacer, &latest, &frame);
+
+        let label = latest.label.lock().expect("label lock is never poisoned").clone();
+        if let Some((text, score)) = label {
+            let t = Instant::now();
+            overlay.draw(&mut frame, &text, score);
+            ctx.metrics.stage(Stage::Overlay, ms_since(t));
+        }
+        answer_snapshots(&mut pending_snapshots, TrackKind::Annotated, &frame);
+
+        let wanted = ctx.config.encode_annotated == EncodePolicy::Always || ctx.tracks.annotated.subscriber_count() > 0;
+        if wanted {
+            encoder_last_wanted = Instant::now();
+        }
+        if wanted || (encoder.is_some() && encoder_last_wanted.elapsed() < ENCODER_LINGER) {
+            encode(&ctx, &mut encoder, &frame);
+        } else if encoder.take().is_some() {
+            tracing::info!(camera = %ctx.name, "annotated encoder stopped: no viewers");
+        }
+    }
+    tracing::debug!(camera = %ctx.name, "media thread stopped");
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn decode(ctx: &MediaContext, decoder: &mut Option<Decoder>, au: &AccessUnit) -> Option<VideoFrame> {
+    if decoder.is_none() {
+        match Decoder::new() {
+            Ok(d) => *decoder = Some(d),
+            Err(e) => {
+                tracing::error!(camera = %ctx.name, error = %e, "cannot create the H.264 decoder");
+                return None;
+            }
+        }
+    }
+    let d = decoder.as_mut()?;
+    let t = Instant::now();
+    match d.decode(au) {
+        Ok(Some(frame)) => {
+            ctx.metrics.stage(Stage::Decode, ms_since(t));
+            ctx.metrics.decoded.inc();
+            Some(frame)
+        }
+        Ok(None) => {
+            ctx.metrics.dropped("waiting_for_keyframe", 1);
+            None
+        }
+        Err(e) => {
+            ctx.metrics.dropped("corrupt", 1);
+            tracing::debug!(camera = %ctx.name, error = %e, "undecodable access unit");
+            None
+        }
+    }
+}
+
+fn update_fps(ctx: &MediaContext, window: &mut (Instant, u32), frame: &VideoFrame) {
+    window.1 += 1;
+    let elapsed = window.0.elapsed();
+    if elapsed >= Duration::from_secs(1) {
+        let mut s = ctx.status.write().expect("status lock is never poisoned");
+        s.fps = Some(window.1 as f32 / elapsed.as_secs_f32());
+        (s.width, s.height) = (Some(frame.width), Some(frame.height));
+        *window = (Instant::now(), 0);
+    }
+}
+
+fn answer_snapshots(pending: &mut Vec<SnapshotRequest>, track: TrackKind, frame: &VideoFrame) {
+    let (now, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|r| r.track == track);
+    *pending = later;
+    for r in now {
+        let _ = r.reply.send(frame.clone()); // the requester may have timed out
+    }
+}
+
+fn classify(
+    ctx: &MediaContext,
+    pre: &mut Preprocessor,
+    pacer: &mut ClassifyPacer,
+    latest: &Arc<Latest>,
+    frame: &VideoFrame,
+) {
+    let now = Instant::now();
+    if !pacer.due(now) {
+        return;
+    }
+    if latest.in_flight.load(Ordering::Acquire) {
+        pacer.slow_down();
+        return;
+    }
+    let t = Instant::now();
+    let mut tensor = vec![0.0; INPUT_LEN];
+    pre.i420_to_tensor(&frame.view(), &mut tensor);
+    ctx.metrics.stage(Stage::Preprocess, ms_since(t));
+    pacer.last_submit = Some(now);
+    latest.in_flight.store(true, Ordering::Release);
+    let reply = {
+        let (latest, labels, metrics, name) =
+            (latest.clone(), ctx.labels.clone(), ctx.metrics.clone(), ctx.name.clone());
+        let (pts, captured_at) = (frame.pts_90k, frame.captured_at);
+        Box::new(move |result: Result<crate::infer::Classification, InferError>| {
+            latest.in_flight.store(false, Ordering::Release);
+            let c = match result {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(camera = %name, error = %e, "classification failed");
+                    return;
+                }
+            };
+            let Some(top) = c.top.first() else { return };
+            let latency = SystemTime::now().duration_since(captured_at).unwrap_or_default();
+            metrics.stage(Stage::Infer, c.infer_ms);
+            metrics.classified.inc();
+            metrics.capture_to_label.observe(latency.as_secs_f64());
+            *latest.label.lock().expect("label lock is never poisoned") = Some((top.label.to_string(), top.score));
+            labels.push(Label {
+                camera: name,
+                label: top.label.clone(),
+                class_id: top.class_id,
+                score: top.score,
+                top5: c.top.clone(),
+                frame_pts: pts,
+                captured_at: DateTime::<Utc>::from(captured_at),
+                latency_ms: latency.as_secs_f64() * 1e3,
+            });
+        })
+    };
+    match ctx.classifier.try_submit_with(tensor, reply) {
+        Ok(()) => pacer.speed_up(),
+        Err(InferError::Busy) => {
+            latest.in_flight.store(false, Ordering::Release);
+            ctx.metrics.dropped("inference_busy", 1);
+            pacer.slow_down();
+        }
+        Err(e) => {
+            latest.in_flight.store(false, Ordering::Release);
+            tracing::warn!(camera = %ctx.name, error = %e, "cannot classify");
+        }
+    }
+    ctx.status.write().expect("status lock is never poisoned").classify_fps_effective = pacer.effective_fps();
+}
+
+fn encode(ctx: &MediaContext, encoder: &mut Option<Encoder>, frame: &VideoFrame) {
+    let mut force_idr = ctx.tracks.annotated.take_keyframe_request();
+    if encoder.is_none() {
+        let fps = ctx.status.read().expect("status lock is never poisoned").fps.unwrap_or(25.0).clamp(1.0, 60.0);
+        let config = EncoderConfig {
+            width: frame.width,
+            height: frame.height,
+            bitrate_bps: ctx.config.annotated_bitrate_bps,
+            max_fps: fps,
+            gop_frames: (fps * 2.0).round() as u32,
+        };
+        match Encoder::new(config) {
+            Ok(e) => *encoder = Some(e),
+            Err(e) => {
+                tracing::error!(camera = %ctx.name, error = %e, "cannot create the H.264 encoder");
+                return;
+            }
+        }
+        tracing::info!(camera = %ctx.name, "annotated encoder started");
+        force_idr = true;
+    }
+    let Some(enc) = encoder.as_mut() else { return };
+    let t = Instant::now();
+    match enc.encode(frame, force_idr) {
+        Ok(au) => {
+            ctx.metrics.stage(Stage::Encode, ms_since(t));
+            ctx.metrics.encoded.inc();
+            ctx.tracks.annotated.publish(au);
+        }
+        Err(e) => tracing::warn!(camera = %ctx.name, error = %e, "encode failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_slows_down_when_behind_and_recovers_to_target() {
+        let mut p = ClassifyPacer::new(5.0);
+        assert!((p.effective_fps() - 5.0).abs() < 0.01);
+        for _ in 0..50 {
+            p.slow_down();
+        }
+        assert!((p.effective_fps() - 0.5).abs() < 0.01, "floor at 0.5 fps: {}", p.effective_fps());
+        for _ in 0..100 {
+            p.speed_up();
+        }
+        assert!((p.effective_fps() - 5.0).abs() < 0.01);
+        let every = ClassifyPacer::new(0.0);
+        assert!(every.due(Instant::now()) && every.effective_fps() == 0.0);
+    }
+}

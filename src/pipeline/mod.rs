@@ -1,0 +1,200 @@
+//! Per-camera pipeline: a supervisor task that keeps the source connected
+//! (`run` = loop { `run_once`; backoff }) and feeds a media thread (decode,
+//! classify, overlay, encode). One camera's trouble never touches another.
+
+pub mod backoff;
+pub mod media;
+pub mod queue;
+pub mod status;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::backoff::Backoff;
+use self::media::{MediaContext, SnapshotRequest};
+use self::queue::{FrameQueue, MediaMsg};
+pub use self::status::{CameraState, CameraStatus};
+use crate::config::{CameraConfig, RtspConfig};
+use crate::hub::{CameraTracks, Hub, TrackKind};
+use crate::infer::InferenceWorker;
+use crate::infer::runtime::find_in_roots;
+use crate::ingest::rtsp::{RtspOptions, RtspSession};
+use crate::ingest::{CameraUrl, IngestError, Source, replay::ReplaySession};
+use crate::labels::LabelStore;
+use crate::media::VideoFrame;
+use crate::telemetry::{CameraMetrics, Metrics};
+
+/// Access units buffered between the network and the media thread (≈ 0.3 s at 25 fps).
+const QUEUE_LEN: usize = 8;
+/// Frame rate of replayed files (the demo clip is 25 fps).
+const REPLAY_FPS: f32 = 25.0;
+
+/// Shared services every camera uses.
+#[derive(Clone)]
+pub struct Services {
+    pub hub: Arc<Hub>,
+    pub labels: Arc<LabelStore>,
+    pub classifier: InferenceWorker,
+    pub metrics: Arc<Metrics>,
+    pub rtsp: RtspConfig,
+}
+
+/// Why a snapshot could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("camera is not streaming (state: {0:?})")]
+    NotStreaming(CameraState),
+    #[error("no frame arrived within 2 s")]
+    Timeout,
+}
+
+/// Handle to a running camera.
+pub struct Camera {
+    pub name: String,
+    pub status: Arc<RwLock<CameraStatus>>,
+    pub tracks: Arc<CameraTracks>,
+    snapshots: std::sync::mpsc::Sender<SnapshotRequest>,
+}
+
+impl Camera {
+    /// Starts the camera's supervisor task and media thread. Runs until `cancel`.
+    pub fn spawn(config: CameraConfig, services: &Services, cancel: CancellationToken) -> std::io::Result<Arc<Camera>> {
+        let name = config.name.clone();
+        let url = CameraUrl::parse(&config.url);
+        let shown_url = url.as_ref().map(|u| u.redacted()).unwrap_or_else(|_| "(invalid URL)".into());
+        let status = Arc::new(RwLock::new(CameraStatus::new(&name, &shown_url, config.classify_fps)));
+        let tracks = services.hub.camera(&name);
+        let queue = Arc::new(FrameQueue::new(QUEUE_LEN));
+        let (snap_tx, snap_rx) = std::sync::mpsc::channel();
+        let metrics = services.metrics.camera(&name);
+        let ctx = MediaContext {
+            name: name.clone(),
+            config: config.clone(),
+            queue: queue.clone(),
+            tracks: tracks.clone(),
+            classifier: services.classifier.clone(),
+            labels: services.labels.clone(),
+            metrics: metrics.clone(),
+            status: status.clone(),
+            snapshots: snap_rx,
+        };
+        std::thread::Builder::new().name(format!("media-{name}")).spawn(move || media::run(ctx))?;
+        let supervisor = Supervisor {
+            url,
+            status: status.clone(),
+            tracks: tracks.clone(),
+            queue,
+            metrics,
+            rtsp: services.rtsp.clone(),
+        };
+        let span = tracing::info_span!("camera", name = %name);
+        tokio::spawn(supervisor.run(cancel).instrument(span));
+        Ok(Arc::new(Camera { name, status, tracks, snapshots: snap_tx }))
+    }
+
+    pub fn status(&self) -> CameraStatus {
+        self.status.read().expect("status lock is never poisoned").clone()
+    }
+
+    /// The next decoded frame of `track` (`annotated` = with the label drawn).
+    pub async fn snapshot(&self, track: TrackKind) -> Result<VideoFrame, SnapshotError> {
+        let state = self.status().state;
+        if state != CameraState::Streaming {
+            return Err(SnapshotError::NotStreaming(state));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.snapshots.send(SnapshotRequest { track, reply }).map_err(|_| SnapshotError::Timeout)?;
+        match tokio::time::timeout(Duration::from_secs(2), rx).await {
+            Ok(Ok(frame)) => Ok(frame),
+            _ => Err(SnapshotError::Timeout),
+        }
+    }
+}
+
+struct Supervisor {
+    url: Result<CameraUrl, IngestError>,
+    status: Arc<RwLock<CameraStatus>>,
+    tracks: Arc<CameraTracks>,
+    queue: Arc<FrameQueue>,
+    metrics: CameraMetrics,
+    rtsp: RtspConfig,
+}
+
+impl Supervisor {
+    async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.rtsp.backoff_initial_ms),
+            Duration::from_millis(self.rtsp.backoff_max_ms),
+        );
+        loop {
+            let mut streamed = false;
+            let result = tokio::select! {
+                r = self.run_once(&mut streamed) => r,
+                () = cancel.cancelled() => break,
+            };
+            let Err(error) = result;
+            if streamed {
+                backoff.reset();
+            }
+            let permanent = error.is_permanent();
+            let delay = if permanent { Duration::from_millis(self.rtsp.backoff_max_ms) } else { backoff.next_delay() };
+            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "camera session ended");
+            {
+                let mut s = self.status.write().expect("status lock is never poisoned");
+                let state = if permanent { CameraState::Failed } else { CameraState::Reconnecting };
+                s.set_state(state, Some(error.to_string()));
+                s.reconnects += 1;
+            }
+            self.metrics.reconnects.inc();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = cancel.cancelled() => break,
+            }
+        }
+        self.queue.close();
+        self.status.write().expect("status lock is never poisoned").set_state(CameraState::Stopped, None);
+        tracing::info!("camera stopped");
+    }
+
+    /// One session: connect, then forward access units until something fails.
+    async fn run_once(&self, streamed: &mut bool) -> Result<std::convert::Infallible, IngestError> {
+        let url = self.url.as_ref().map_err(Clone::clone)?;
+        let mut source = if url.is_rtsp() {
+            let options = RtspOptions {
+                request_timeout: Duration::from_millis(self.rtsp.request_timeout_ms),
+                frame_timeout: Duration::from_millis(self.rtsp.frame_timeout_ms),
+            };
+            Source::Rtsp(RtspSession::connect(url, &options).await?)
+        } else {
+            let path = url.file_path().ok_or_else(|| IngestError::BadUrl("file URL without a path".into()))?;
+            Source::Replay(ReplaySession::open(&find_in_roots(path), REPLAY_FPS)?)
+        };
+        {
+            let info = source.info().clone();
+            let mut s = self.status.write().expect("status lock is never poisoned");
+            s.codec = Some(info.codec);
+            s.width = info.width.or(s.width);
+            s.height = info.height.or(s.height);
+        }
+        tracing::info!(url = %url, "connected");
+        self.tracks.raw.reset();
+        self.queue.push(MediaMsg::Reset);
+        loop {
+            let au = source.next().await?;
+            if !*streamed {
+                *streamed = true;
+                self.status.write().expect("status lock is never poisoned").set_state(CameraState::Streaming, None);
+            }
+            self.metrics.received.inc();
+            self.tracks.raw.publish(au.clone());
+            let dropped = self.queue.push(MediaMsg::AccessUnit(au));
+            if dropped > 0 {
+                self.metrics.dropped("decode_queue_full", dropped);
+            }
+        }
+    }
+}
