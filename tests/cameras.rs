@@ -98,6 +98,42 @@ fn labels_snapshots_and_metrics_from_a_real_camera() {
     assert_eq!(app.get("/api/labels/door?since=yesterday").status, 400);
 }
 
+/// The value of the Prometheus sample `name{labels}` in `/metrics` (0 when absent).
+fn metric(app: &Infercast, sample: &str) -> f64 {
+    let text = String::from_utf8(app.get("/metrics").body).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn the_annotated_track_is_encoded_once_when_always_on() {
+    if !netns::isolated("the_annotated_track_is_encoded_once_when_always_on") {
+        return;
+    }
+    let server = RtspServer::start(&[("/cam", CLIP)], None);
+    let dir = common::scratch_dir("encode_always");
+    let config = dir.join("infercast.toml");
+    let body = format!(
+        "[[camera]]\nname = \"enc\"\nurl = \"{}\"\nencode_annotated = \"always\"\nannotated_bitrate_bps = 800000\n\n\
+         [[camera]]\nname = \"lazy\"\nurl = \"{}\"\n",
+        server.url("/cam"),
+        server.url("/cam")
+    );
+    std::fs::write(&config, body).unwrap();
+    let app = Infercast::start(&["--config", config.to_str().unwrap()]);
+    app.wait_for("/api/cameras/enc", Duration::from_secs(10), |c| state(c) == "streaming");
+    std::thread::sleep(Duration::from_secs(2));
+    let decoded = metric(&app, "infercast_frames_decoded_total{camera=\"enc\"}");
+    let encoded = metric(&app, "infercast_frames_encoded_total{camera=\"enc\"}");
+    assert!(encoded > 0.0 && encoded >= decoded - 5.0, "encoded {encoded} of {decoded} decoded frames");
+    assert!(metric(&app, "infercast_stage_duration_seconds_count{camera=\"enc\",stage=\"encode\"}") > 0.0);
+    // on_demand with no viewer: decoded but never encoded.
+    assert!(metric(&app, "infercast_frames_decoded_total{camera=\"lazy\"}") > 0.0);
+    assert_eq!(metric(&app, "infercast_frames_encoded_total{camera=\"lazy\"}"), 0.0);
+}
+
 #[test]
 fn one_camera_dying_leaves_the_other_streaming_and_it_reconnects() {
     if !netns::isolated("one_camera_dying_leaves_the_other_streaming_and_it_reconnects") {
@@ -152,6 +188,7 @@ fn bad_cameras_get_clear_states_and_never_leak_credentials() {
     let open =
         RtspServer::start(&[("/cam", CLIP), ("/h265", "assets/demo/bikes-1280x720.h265"), ("/mjpeg", "mjpeg")], None);
     let secure = RtspServer::start(&[("/cam", CLIP)], Some(("camop", "s3cret-pass")));
+    let basic = RtspServer::start_basic(&[("/cam", CLIP)], ("camop", "s3cret-pass"));
     let cameras = [
         format!("good={}", open.url("/cam")),
         "scheme=http://admin:hunter2@127.0.0.1/x".to_owned(),
@@ -160,6 +197,7 @@ fn bad_cameras_get_clear_states_and_never_leak_credentials() {
         format!("wrongpath={}", open.url("/no-such-path")),
         format!("wrongpass={}", secure.url_with_credentials("camop", "wrong-pass-77", "/cam")),
         format!("rightpass={}", secure.url_with_credentials("camop", "s3cret-pass", "/cam")),
+        format!("basicauth={}", basic.url_with_credentials("camop", "s3cret-pass", "/cam")),
         format!("h265={}", open.url("/h265")),
         format!("mjpeg={}", open.url("/mjpeg")),
     ];
@@ -179,7 +217,7 @@ fn bad_cameras_get_clear_states_and_never_leak_credentials() {
         let err = cam["last_error"].as_str().unwrap_or_default();
         assert!(err.contains(want_error), "{name}: error {err:?} lacks {want_error:?}");
     }
-    for name in ["good", "rightpass"] {
+    for name in ["good", "rightpass", "basicauth"] {
         app.wait_for(&format!("/api/cameras/{name}"), Duration::from_secs(10), |c| state(c) == "streaming");
     }
     app.wait_for("/api/labels", Duration::from_secs(10), |v| v.as_array().is_some_and(|a| a.len() >= 2));

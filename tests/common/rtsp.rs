@@ -127,6 +127,15 @@ impl RtspServer {
     /// As [`start`](Self::start) on `port` (0: any), retrying for up to 5 s while the port is
     /// still taken (a server killed just before).
     pub fn start_on_port(port: u16, mounts: &[(&str, &str)], auth: Option<(&str, &str)>) -> RtspServer {
+        Self::start_with(port, mounts, auth, false)
+    }
+
+    /// As [`start`](Self::start) with credentials required through Basic instead of Digest.
+    pub fn start_basic(mounts: &[(&str, &str)], auth: (&str, &str)) -> RtspServer {
+        Self::start_with(0, mounts, Some(auth), true)
+    }
+
+    fn start_with(port: u16, mounts: &[(&str, &str)], auth: Option<(&str, &str)>, basic: bool) -> RtspServer {
         assert!(!mounts.is_empty(), "RtspServer needs at least one mount");
         let mut args = Vec::new();
         for (mount, clip) in mounts {
@@ -141,6 +150,9 @@ impl RtspServer {
         }
         if let Some((user, pass)) = auth {
             args.extend(["--auth".to_owned(), format!("{user}:{pass}")]);
+            if basic {
+                args.push("--basic".to_owned());
+            }
         }
         let (child, port, stderr) = launch(port, &args);
         RtspServer { port, child, args, stderr }
