@@ -169,40 +169,100 @@ impl Preprocessor {
         let hi = self.taps_index(width);
         let mut rows = std::mem::take(&mut self.rows);
         rows.resize(INPUT_SIDE * row_len, 0.0);
-        let vt = &self.taps[vi];
-        for (oy, acc) in rows.chunks_exact_mut(row_len).enumerate() {
-            let (y0, weights) = vt.get(oy);
-            let line = |k: usize| &src[(y0 + k) * stride..][..row_len];
-            acc.fill(0.0); // per row, while it is hot in L1
-            let mut k = 0;
-            // Four source rows per sweep: fewer passes over the accumulator row.
-            while k + 4 <= weights.len() {
-                let (w0, w1, w2, w3) = (weights[k], weights[k + 1], weights[k + 2], weights[k + 3]);
-                let rows4 = line(k).iter().zip(line(k + 1)).zip(line(k + 2)).zip(line(k + 3));
-                for (a, (((&s0, &s1), &s2), &s3)) in acc.iter_mut().zip(rows4) {
-                    *a += w0 * f32::from(s0) + w1 * f32::from(s1) + w2 * f32::from(s2) + w3 * f32::from(s3);
-                }
-                k += 4;
-            }
-            for (k, &wk) in weights.iter().enumerate().skip(k) {
-                for (a, &s) in acc.iter_mut().zip(line(k)) {
-                    *a += wk * f32::from(s);
-                }
-            }
-        }
-        let ht = &self.taps[hi];
-        match channels {
-            1 => horizontal::<1>(&rows, row_len, ht, out),
-            3 => horizontal::<3>(&rows, row_len, ht, out),
-            _ => unreachable!("only planes (1) and packed RGB (3) are resampled"),
-        }
+        passes(src, stride, row_len, channels, &self.taps[vi], &self.taps[hi], &mut rows, out);
         self.rows = rows;
+    }
+}
+
+/// Both passes; on x86-64 CPUs with AVX2 and FMA (detected once at run time)
+/// the same code is compiled for 8-wide vectors, about twice as fast.
+#[allow(clippy::too_many_arguments)]
+fn passes(
+    src: &[u8],
+    stride: usize,
+    row_len: usize,
+    channels: usize,
+    vt: &Taps,
+    ht: &Taps,
+    rows: &mut [f32],
+    out: &mut [&mut [f32]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *AVX2_FMA.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above), the only
+            // requirement of a `#[target_feature]` function.
+            unsafe {
+                passes_avx2_fma(src, stride, row_len, channels, vt, ht, rows, out)
+            };
+            return;
+        }
+    }
+    passes_generic(src, stride, row_len, channels, vt, ht, rows, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn passes_avx2_fma(
+    src: &[u8],
+    stride: usize,
+    row_len: usize,
+    channels: usize,
+    vt: &Taps,
+    ht: &Taps,
+    rows: &mut [f32],
+    out: &mut [&mut [f32]],
+) {
+    passes_generic(src, stride, row_len, channels, vt, ht, rows, out);
+}
+
+/// Vertical pass over whole rows (contiguous, vectorises), then horizontal.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn passes_generic(
+    src: &[u8],
+    stride: usize,
+    row_len: usize,
+    channels: usize,
+    vt: &Taps,
+    ht: &Taps,
+    rows: &mut [f32],
+    out: &mut [&mut [f32]],
+) {
+    for (oy, acc) in rows.chunks_exact_mut(row_len).enumerate() {
+        let (y0, weights) = vt.get(oy);
+        let line = |k: usize| &src[(y0 + k) * stride..][..row_len];
+        acc.fill(0.0); // per row, while it is hot in L1
+        let mut k = 0;
+        // Four source rows per sweep: fewer passes over the accumulator row.
+        while k + 4 <= weights.len() {
+            let (w0, w1, w2, w3) = (weights[k], weights[k + 1], weights[k + 2], weights[k + 3]);
+            let rows4 = line(k).iter().zip(line(k + 1)).zip(line(k + 2)).zip(line(k + 3));
+            for (a, (((&s0, &s1), &s2), &s3)) in acc.iter_mut().zip(rows4) {
+                *a += w0 * f32::from(s0) + w1 * f32::from(s1) + w2 * f32::from(s2) + w3 * f32::from(s3);
+            }
+            k += 4;
+        }
+        for (k, &wk) in weights.iter().enumerate().skip(k) {
+            for (a, &s) in acc.iter_mut().zip(line(k)) {
+                *a += wk * f32::from(s);
+            }
+        }
+    }
+    match channels {
+        1 => horizontal::<1>(rows, row_len, ht, out),
+        3 => horizontal::<3>(rows, row_len, ht, out),
+        _ => unreachable!("only planes (1) and packed RGB (3) are resampled"),
     }
 }
 
 /// Horizontal pass: each of the 224 accumulated rows (`C` interleaved channels)
 /// to 224 samples per channel plane. `C` is a constant so indexing compiles to
 /// plain strided loads.
+#[inline(always)]
 fn horizontal<const C: usize>(rows: &[f32], row_len: usize, taps: &Taps, out: &mut [&mut [f32]]) {
     for (oy, row) in rows.chunks_exact(row_len).enumerate() {
         for ox in 0..INPUT_SIDE {
