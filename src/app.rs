@@ -82,11 +82,13 @@ pub async fn serve(
             .map_err(|e| AppError::Camera { name: cam.name.clone(), reason: e.to_string() })?;
         cameras.insert(cam.name.clone(), camera);
     }
+    let sfu = Arc::new(crate::sfu::Sfu::with_metrics(crate::sfu::SfuConfig::from_env(), services.metrics.registry()));
     let state = AppState {
         cameras: Arc::new(cameras),
         labels: services.labels.clone(),
         hub: services.hub.clone(),
         metrics: services.metrics.clone(),
+        sfu: sfu.clone(),
         shutdown: cancel.clone(),
     };
     on_listening(addr);
@@ -95,6 +97,7 @@ pub async fn serve(
         axum::serve(listener, api::router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await });
     let server = tokio::spawn(async move { server.await });
     cancel.cancelled().await;
+    sfu.close_all().await;
     // Open streams (SSE) end with the token; give in-flight requests a moment.
     if tokio::time::timeout(Duration::from_millis(1500), server).await.is_err() {
         tracing::warn!("HTTP connections still open after 1.5 s; closing them");

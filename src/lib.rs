@@ -17,4 +17,5 @@ pub mod labels;
 pub mod media;
 pub mod overlay;
 pub mod pipeline;
+pub mod sfu;
 pub mod telemetry;

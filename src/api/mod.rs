@@ -4,6 +4,7 @@
 
 mod error;
 mod snapshot;
+mod whep;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub labels: Arc<LabelStore>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    /// WebRTC viewer sessions (WHEP).
+    pub sfu: Arc<crate::sfu::Sfu>,
     /// Ends long-lived responses (SSE) at shutdown.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -58,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .merge(whep::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }

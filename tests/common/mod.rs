@@ -6,6 +6,7 @@
 pub mod netns;
 pub mod rtsp;
 pub mod service;
+pub mod whep_client;
 
 use std::path::PathBuf;
 

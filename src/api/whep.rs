@@ -1,0 +1,124 @@
+//! WHEP (RFC 9725): `POST /whep/{camera}/{raw|annotated}` with an SDP offer
+//! creates a viewer session (201, `Location`, SDP answer); `DELETE` on the
+//! `Location` ends it; `OPTIONS` answers CORS preflights.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::{ApiError, AppState};
+use crate::hub::TrackKind;
+use crate::sfu::SfuError;
+
+const SDP: &str = "application/sdp";
+
+/// The WHEP routes (merged into the API router).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/whep/{camera}/{track}", post(create).options(preflight))
+        .route("/whep/{camera}/{track}/{session}", axum::routing::delete(delete).options(preflight))
+}
+
+fn track_kind(track: &str) -> Result<TrackKind, ApiError> {
+    TrackKind::parse(track).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "track_not_found", format!("no track {track:?} (raw or annotated)"))
+    })
+}
+
+fn cors(headers: &mut HeaderMap) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, DELETE, OPTIONS"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("content-type"));
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("location, etag"));
+}
+
+fn sfu_error(e: SfuError) -> ApiError {
+    match e {
+        SfuError::MalformedOffer(m) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_sdp", m),
+        SfuError::NotAcceptable(m) => ApiError::new(StatusCode::NOT_ACCEPTABLE, "no_h264", m),
+        SfuError::SessionNotFound(id) => {
+            ApiError::new(StatusCode::NOT_FOUND, "session_not_found", format!("no viewer session {id:?}"))
+        }
+        SfuError::WebRtc(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "webrtc_error", m),
+    }
+}
+
+fn with_cors(e: ApiError) -> Response {
+    let mut r = e.into_response();
+    cors(r.headers_mut());
+    r
+}
+
+async fn preflight() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    cors(r.headers_mut());
+    r.headers_mut().insert("accept-post", HeaderValue::from_static(SDP));
+    r
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path((camera, track)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match create_inner(&state, &camera, &track, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => with_cors(e),
+    }
+}
+
+async fn create_inner(
+    state: &AppState,
+    camera: &str,
+    track: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let cam = state.camera(camera)?;
+    let kind = track_kind(track)?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case(SDP) {
+        return Err(ApiError::bad_request(format!("Content-Type must be {SDP}, not {content_type:?}")));
+    }
+    let offer = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
+    if offer.trim().is_empty() {
+        return Err(ApiError::bad_request("empty SDP offer"));
+    }
+    let session = state.sfu.create_session(camera, cam.tracks.clone(), kind, offer).await.map_err(sfu_error)?;
+    let location = format!("/whep/{camera}/{}/{}", kind.as_str(), session.id);
+    let mut r = (StatusCode::CREATED, session.answer_sdp).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", session.id)) {
+        h.insert(header::ETAG, v);
+    }
+    cors(h);
+    Ok(r)
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path((camera, track, session)): Path<(String, String, String)>,
+) -> Response {
+    let result = async {
+        let kind = track_kind(&track)?;
+        state.sfu.delete_session(&camera, kind, &session).await.map_err(sfu_error)
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            let mut r = StatusCode::OK.into_response();
+            cors(r.headers_mut());
+            r
+        }
+        Err(e) => with_cors(e),
+    }
+}

@@ -1,0 +1,588 @@
+//! The SFU: one WebRTC peer connection (webrtc 0.21) per viewer, fed from a hub
+//! track. Each session answers the viewer's offer (non-trickle: all local
+//! candidates in the answer), then a task sends the track's cached GOP and the
+//! live access units as H.264 RTP until the viewer leaves, the connection fails
+//! or the session is deleted.
+//!
+//! Viewers never slow the hub down: a session that falls behind loses its own
+//! access units (the hub's broadcast drops them) and resumes at a keyframe.
+
+mod offer;
+mod packetize;
+mod rtcp;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::network_type::NetworkType;
+use rtc::interceptor::Slot;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionState, Registry, SettingEngineBuilder,
+    register_default_interceptors,
+};
+
+pub use self::offer::{ChosenCodec, check_offer};
+pub use self::packetize::{DEFAULT_MAX_PAYLOAD, packetize_h264, payload_nal_types};
+use crate::codec::annexb::{nal_type, nal_units, profile_level_id};
+use crate::hub::{CameraTracks, TrackKind};
+use crate::media::AccessUnit;
+
+/// A viewer session's id (the last segment of its WHEP resource URL).
+pub type SessionId = String;
+
+/// Why a session could not be created or found.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    /// The offer is not (valid) SDP: HTTP 400.
+    #[error("malformed SDP offer: {0}")]
+    MalformedOffer(String),
+    /// The offer is valid but has nothing we can send (no H.264): HTTP 406.
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// No such session: HTTP 404.
+    #[error("no session {0:?}")]
+    SessionNotFound(String),
+    /// The WebRTC stack failed: HTTP 500.
+    #[error("WebRTC failure: {0}")]
+    WebRtc(String),
+}
+
+fn webrtc_err(e: impl std::fmt::Display) -> SfuError {
+    SfuError::WebRtc(e.to_string())
+}
+
+/// Network settings for viewer peer connections.
+#[derive(Clone, Debug)]
+pub struct SfuConfig {
+    /// Local UDP addresses for ICE (`0.0.0.0:0` expands to every non-loopback
+    /// interface; `127.0.0.1:0` adds a loopback host candidate).
+    pub udp_addrs: Vec<String>,
+    /// Public IPs to advertise as server-reflexive candidates (1:1 NAT).
+    pub public_ips: Vec<String>,
+    /// Longest wait for ICE gathering before answering.
+    pub gather_timeout: Duration,
+    /// Longest wait for the viewer to connect after the answer.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            udp_addrs: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
+            public_ips: Vec::new(),
+            gather_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SfuConfig {
+    /// Defaults, overridden by `INFERCAST_WEBRTC_UDP` (comma-separated bind
+    /// addresses) and `INFERCAST_WEBRTC_PUBLIC_IPS` (comma-separated).
+    pub fn from_env() -> SfuConfig {
+        let list = |var: &str| -> Option<Vec<String>> {
+            let v = std::env::var(var).ok()?;
+            Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        };
+        let mut c = SfuConfig::default();
+        if let Some(addrs) = list("INFERCAST_WEBRTC_UDP").filter(|a| !a.is_empty()) {
+            c.udp_addrs = addrs;
+        }
+        if let Some(ips) = list("INFERCAST_WEBRTC_PUBLIC_IPS") {
+            c.public_ips = ips;
+        }
+        c
+    }
+}
+
+#[derive(Clone)]
+struct SfuMetrics {
+    viewers: IntGaugeVec,
+    created: IntCounterVec,
+    ended: IntCounterVec,
+}
+
+impl SfuMetrics {
+    fn register(registry: &prometheus::Registry) -> Option<SfuMetrics> {
+        let labels = &["camera", "track"];
+        let viewers =
+            IntGaugeVec::new(Opts::new("webrtc_viewers", "WebRTC viewer sessions per camera and track"), labels)
+                .ok()?;
+        let created =
+            IntCounterVec::new(Opts::new("webrtc_sessions_created_total", "WHEP sessions created"), labels).ok()?;
+        let ended = IntCounterVec::new(Opts::new("webrtc_sessions_ended_total", "WHEP sessions ended"), labels).ok()?;
+        for m in [
+            Box::new(viewers.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(created.clone()),
+            Box::new(ended.clone()),
+        ] {
+            if let Err(e) = registry.register(m) {
+                tracing::warn!("SFU metrics not registered: {e}");
+                return None;
+            }
+        }
+        Some(SfuMetrics { viewers, created, ended })
+    }
+}
+
+struct SessionEntry {
+    camera: String,
+    kind: TrackKind,
+    cancel: CancellationToken,
+    /// Cancelled when the session task has finished (peer connection closed).
+    finished: CancellationToken,
+}
+
+type Sessions = Arc<Mutex<HashMap<SessionId, SessionEntry>>>;
+
+/// A created session: its id and the SDP answer (with candidates).
+#[derive(Debug, Clone)]
+pub struct CreatedSession {
+    pub id: SessionId,
+    pub answer_sdp: String,
+}
+
+/// All viewer sessions.
+pub struct Sfu {
+    config: SfuConfig,
+    sessions: Sessions,
+    metrics: Option<SfuMetrics>,
+}
+
+impl Sfu {
+    pub fn new(config: SfuConfig) -> Sfu {
+        Sfu { config, sessions: Arc::default(), metrics: None }
+    }
+
+    /// Like [`Sfu::new`], with viewer gauges and session counters in `registry`.
+    pub fn with_metrics(config: SfuConfig, registry: &prometheus::Registry) -> Sfu {
+        Sfu { metrics: SfuMetrics::register(registry), ..Sfu::new(config) }
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().expect("sfu lock is never poisoned").len()
+    }
+
+    /// Answers `offer_sdp` with a new peer connection sending `kind` of
+    /// `camera`'s tracks; streaming starts once the viewer connects.
+    pub async fn create_session(
+        &self,
+        camera: &str,
+        tracks: Arc<CameraTracks>,
+        kind: TrackKind,
+        offer_sdp: &str,
+    ) -> Result<CreatedSession, SfuError> {
+        let stream_plid = stream_profile_level_id(&tracks, kind);
+        let (offer, chosen) = check_offer(offer_sdp, stream_plid)?;
+        let codec = RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: chosen.fmtp.clone(),
+            rtcp_feedback: vec![],
+        };
+        let mut media_engine = MediaEngine::default();
+        media_engine
+            .register_codec(
+                RTCRtpCodecParameters { rtp_codec: codec.clone(), payload_type: chosen.payload_type },
+                RtpCodecKind::Video,
+            )
+            .map_err(webrtc_err)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err)?;
+        let registry = registry.with(Slot::from(14_000), rtcp::KeyframeRequestForwarder::default());
+        // Answer as the DTLS client: the viewer (DTLS server) then finishes its
+        // handshake before we do, so it can decrypt the very first packets (the
+        // cached GOP's keyframe). As DTLS server we would start sending while the
+        // viewer still waits for our Finished, and it lost the keyframe now and then.
+        let mut settings = SettingEngineBuilder::new()
+            .with_answering_dtls_role(RTCDtlsRole::Client)
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_network_types(vec![NetworkType::Udp4])
+            .with_include_loopback_candidate(true);
+        if !self.config.public_ips.is_empty() {
+            settings = settings.with_nat_1to1_ips(self.config.public_ips.clone(), RTCIceCandidateType::Srflx);
+        }
+        let (gathered_tx, mut gathered_rx) = watch::channel(false);
+        let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let handler = Arc::new(Events { gathered: gathered_tx, state: state_tx });
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_setting_engine(settings.build())
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(self.config.udp_addrs.clone())
+            .build()
+            .await
+            .map_err(webrtc_err)?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+        let ssrc = rand::random::<u32>();
+        let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("infercast-{camera}"),
+            format!("{camera}-{}", kind.as_str()),
+            format!("{camera} {}", kind.as_str()),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                codec,
+                ..Default::default()
+            }],
+        )));
+        let negotiate = async {
+            let sender = pc.add_track(local.clone() as Arc<dyn TrackLocal>).await.map_err(webrtc_err)?;
+            pc.set_remote_description(offer)
+                .await
+                .map_err(|e| SfuError::MalformedOffer(format!("offer rejected: {e}")))?;
+            let answer = pc.create_answer(None).await.map_err(webrtc_err)?;
+            pc.set_local_description(answer).await.map_err(webrtc_err)?;
+            if tokio::time::timeout(self.config.gather_timeout, gathered_rx.wait_for(|g| *g)).await.is_err() {
+                tracing::warn!(
+                    "ICE gathering not complete after {:?}; answering with what there is",
+                    self.config.gather_timeout
+                );
+            }
+            let answer = pc.local_description().await.ok_or_else(|| webrtc_err("no local description"))?;
+            let payload_type = sender
+                .get_parameters()
+                .await
+                .ok()
+                .and_then(|p| p.rtp_parameters.codecs.first().map(|c| c.payload_type))
+                .unwrap_or(chosen.payload_type);
+            Ok::<_, SfuError>((usable_candidates_only(&answer.sdp), payload_type))
+        };
+        let (answer_sdp, payload_type) = match negotiate.await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+
+        let id = new_session_id();
+        let cancel = CancellationToken::new();
+        let finished = CancellationToken::new();
+        self.sessions.lock().expect("sfu lock is never poisoned").insert(
+            id.clone(),
+            SessionEntry { camera: camera.to_owned(), kind, cancel: cancel.clone(), finished: finished.clone() },
+        );
+        let labels = [camera, kind.as_str()];
+        if let Some(m) = &self.metrics {
+            m.created.with_label_values(&labels).inc();
+            m.viewers.with_label_values(&labels).inc();
+        }
+        tracing::info!(camera, track = kind.as_str(), session = %id, payload_type, "WebRTC viewer session created");
+        let session = Session {
+            id: id.clone(),
+            camera: camera.to_owned(),
+            kind,
+            tracks,
+            pc,
+            local,
+            rtp: RtpState::new(ssrc, payload_type),
+            state: state_rx,
+            connect_timeout: self.config.connect_timeout,
+        };
+        let sessions = self.sessions.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let _finished = finished.drop_guard();
+            let (id, camera) = (session.id.clone(), session.camera.clone());
+            session.run(cancel).await;
+            sessions.lock().expect("sfu lock is never poisoned").remove(&id);
+            if let Some(m) = metrics {
+                let labels = [camera.as_str(), kind.as_str()];
+                m.ended.with_label_values(&labels).inc();
+                m.viewers.with_label_values(&labels).dec();
+            }
+            tracing::info!(camera, track = kind.as_str(), session = %id, "WebRTC viewer session ended");
+        });
+        Ok(CreatedSession { id, answer_sdp })
+    }
+
+    /// Ends session `id` of `camera`'s `kind` track: closes its peer connection
+    /// and waits (briefly) for its task to stop.
+    pub async fn delete_session(&self, camera: &str, kind: TrackKind, id: &str) -> Result<(), SfuError> {
+        let entry = {
+            let mut sessions = self.sessions.lock().expect("sfu lock is never poisoned");
+            match sessions.get(id) {
+                Some(e) if e.camera == camera && e.kind == kind => sessions.remove(id),
+                _ => None,
+            }
+        };
+        let entry = entry.ok_or_else(|| SfuError::SessionNotFound(id.to_owned()))?;
+        entry.cancel.cancel();
+        if tokio::time::timeout(Duration::from_secs(3), entry.finished.cancelled()).await.is_err() {
+            tracing::warn!(session = id, "viewer session still closing after 3 s");
+        }
+        Ok(())
+    }
+
+    /// Ends every session (shutdown).
+    pub async fn close_all(&self) {
+        let entries: Vec<SessionEntry> =
+            self.sessions.lock().expect("sfu lock is never poisoned").drain().map(|(_, e)| e).collect();
+        for e in &entries {
+            e.cancel.cancel();
+        }
+        for e in entries {
+            let _ = tokio::time::timeout(Duration::from_secs(2), e.finished.cancelled()).await;
+        }
+    }
+}
+
+fn new_session_id() -> SessionId {
+    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+}
+
+/// The stream's `profile-level-id`, from the SPS of the cached keyframe.
+fn stream_profile_level_id(tracks: &CameraTracks, kind: TrackKind) -> Option<[u8; 3]> {
+    let sub = tracks.track(kind).subscribe();
+    let key = sub.gop.first()?;
+    nal_units(&key.data).find(|n| nal_type(n) == Some(7)).and_then(profile_level_id)
+}
+
+/// Drops `a=candidate` lines no peer can use (an unspecified address, left when
+/// a wildcard bind had no interface to expand to).
+fn usable_candidates_only(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("a=candidate:") && line.split(' ').nth(4).is_some_and(|a| a == "0.0.0.0" || a == "::") {
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+struct Events {
+    gathered: watch::Sender<bool>,
+    state: watch::Sender<RTCPeerConnectionState>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!("viewer peer connection: {state}");
+        let _ = self.state.send(state);
+    }
+}
+
+fn is_over(state: &RTCPeerConnectionState) -> bool {
+    matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)
+}
+
+/// Keyframe requests are passed on at most this often.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Session {
+    id: SessionId,
+    camera: String,
+    kind: TrackKind,
+    tracks: Arc<CameraTracks>,
+    pc: Arc<dyn PeerConnection>,
+    local: Arc<TrackLocalStaticRTP>,
+    rtp: RtpState,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    connect_timeout: Duration,
+}
+
+impl Session {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut state = self.state.clone();
+        let connected = tokio::select! {
+            _ = cancel.cancelled() => false,
+            r = tokio::time::timeout(
+                self.connect_timeout,
+                state.wait_for(|s| *s == RTCPeerConnectionState::Connected || is_over(s)),
+            ) => matches!(r, Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected),
+        };
+        if connected {
+            tracing::debug!(session = %self.id, "viewer connected");
+            let mut state = self.state.clone();
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = state.wait_for(is_over) => {}
+                _ = self.stream() => {}
+            }
+        } else if !cancel.is_cancelled() {
+            tracing::info!(camera = %self.camera, session = %self.id, "viewer never connected");
+        }
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!(session = %self.id, "closing peer connection: {e}");
+        }
+    }
+
+    /// Sends the cached GOP, then live access units, until the track ends.
+    async fn stream(&mut self) {
+        let tracks = self.tracks.clone();
+        let track = tracks.track(self.kind);
+        let mut sub = track.subscribe();
+        if self.kind == TrackKind::Annotated && sub.gop.is_empty() {
+            track.request_keyframe();
+        }
+        let mut queue: VecDeque<AccessUnit> = std::mem::take(&mut sub.gop).into();
+        let mut last_keyframe_request: Option<Instant> = None;
+        let mut payloads = Vec::new();
+        let local = self.local.clone();
+        loop {
+            let au = match queue.pop_front() {
+                Some(au) => au,
+                None => {
+                    let next = tokio::select! {
+                        au = sub.next() => Next::Media(au),
+                        ev = local.poll() => Next::Event(ev),
+                    };
+                    match next {
+                        Next::Media(Some(au)) => au,
+                        Next::Media(None) => return,
+                        Next::Event(Some(TrackLocalEvent::OnRtcpPacket(packets))) => {
+                            if !packets.iter().any(|p| rtcp::is_keyframe_request(p.as_ref()))
+                                || last_keyframe_request.is_some_and(|t| t.elapsed() < KEYFRAME_REQUEST_INTERVAL)
+                            {
+                                continue;
+                            }
+                            last_keyframe_request = Some(Instant::now());
+                            tracing::debug!(session = %self.id, "viewer asked for a keyframe");
+                            match self.kind {
+                                TrackKind::Annotated => track.request_keyframe(),
+                                TrackKind::Raw => {
+                                    // Resend from the cached GOP's keyframe.
+                                    let mut fresh = track.subscribe();
+                                    if !fresh.gop.is_empty() {
+                                        queue = std::mem::take(&mut fresh.gop).into();
+                                        sub = fresh;
+                                        self.rtp.reanchor = true;
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                        Next::Event(_) => {
+                            // Unbound: the connection is going away.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            payloads.clear();
+            packetize_h264(&au.data, DEFAULT_MAX_PAYLOAD, &mut payloads);
+            let timestamp = self.rtp.timestamp(au.pts_90k);
+            let n = payloads.len();
+            for (i, payload) in payloads.drain(..).enumerate() {
+                let packet = self.rtp.packet(timestamp, i + 1 == n, payload);
+                if let Err(e) = self.local.write_rtp(packet).await {
+                    tracing::debug!(session = %self.id, "RTP write failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+enum Next {
+    Media(Option<AccessUnit>),
+    Event(Option<TrackLocalEvent>),
+}
+
+/// Sequence numbers and timestamps of one outgoing RTP stream.
+struct RtpState {
+    ssrc: u32,
+    payload_type: u8,
+    sequence_number: u16,
+    /// RTP timestamp = pts + offset (mod 2³²), kept monotonic across source jumps.
+    offset: Option<i64>,
+    last_pts: i64,
+    last_timestamp: i64,
+    /// Next timestamp restarts right after the last one (resent GOP).
+    reanchor: bool,
+}
+
+impl RtpState {
+    fn new(ssrc: u32, payload_type: u8) -> RtpState {
+        RtpState {
+            ssrc,
+            payload_type,
+            sequence_number: rand::random(),
+            offset: None,
+            last_pts: 0,
+            last_timestamp: 0,
+            reanchor: false,
+        }
+    }
+
+    fn timestamp(&mut self, pts: i64) -> u32 {
+        let offset = match self.offset {
+            None => i64::from(rand::random::<u32>()) - pts,
+            // Source restarted, jumped or a GOP is resent: continue one frame on.
+            Some(_) if self.reanchor || pts < self.last_pts || pts - self.last_pts > 5 * 90_000 => {
+                self.last_timestamp + 3000 - pts
+            }
+            Some(o) => o,
+        };
+        self.offset = Some(offset);
+        self.reanchor = false;
+        self.last_pts = pts;
+        self.last_timestamp = pts + offset;
+        self.last_timestamp as u32
+    }
+
+    fn packet(&mut self, timestamp: u32, marker: bool, payload: bytes::Bytes) -> rtc::rtp::Packet {
+        let header = rtc::rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type: self.payload_type,
+            sequence_number: self.sequence_number,
+            timestamp,
+            ssrc: self.ssrc,
+            ..Default::default()
+        };
+        self.sequence_number = self.sequence_number.wrapping_add(1);
+        rtc::rtp::Packet { header, payload }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_follow_pts_and_stay_monotonic_across_jumps() {
+        let mut r = RtpState::new(1, 96);
+        let t0 = r.timestamp(1000);
+        assert_eq!(r.timestamp(4600).wrapping_sub(t0), 3600);
+        // Source restarted at pts 0: continues one frame on.
+        assert_eq!(r.timestamp(0).wrapping_sub(t0), 3600 + 3000);
+        r.reanchor = true;
+        assert_eq!(r.timestamp(0).wrapping_sub(t0), 3600 + 6000);
+        assert_eq!(r.timestamp(3600).wrapping_sub(t0), 3600 + 9600);
+    }
+
+    #[test]
+    fn unusable_candidates_are_dropped_from_the_answer() {
+        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 0.0.0.0 5000 typ host\r\n\
+                   a=candidate:2 1 udp 2130706431 127.0.0.1 5001 typ host\r\n";
+        assert_eq!(usable_candidates_only(sdp), "v=0\r\na=candidate:2 1 udp 2130706431 127.0.0.1 5001 typ host\r\n");
+    }
+}
