@@ -58,17 +58,26 @@ struct Latest {
 struct ClassifyPacer {
     target: Duration,
     effective: Duration,
-    last_submit: Option<Instant>,
+    /// When the next classification is due: advanced by `effective` from the
+    /// previous due time, not from the frame that happened to be used, so the
+    /// achieved rate is the configured one and not rounded down to frame times.
+    next_due: Option<Instant>,
 }
 
 impl ClassifyPacer {
     fn new(classify_fps: f32) -> ClassifyPacer {
         let target = if classify_fps > 0.0 { Duration::from_secs_f32(1.0 / classify_fps) } else { Duration::ZERO };
-        ClassifyPacer { target, effective: target, last_submit: None }
+        ClassifyPacer { target, effective: target, next_due: None }
     }
 
     fn due(&self, now: Instant) -> bool {
-        self.last_submit.is_none_or(|t| now.duration_since(t) >= self.effective)
+        self.next_due.is_none_or(|t| now >= t)
+    }
+
+    fn submitted(&mut self, now: Instant) {
+        // After a stall (or at start) restart from now instead of bursting to catch up.
+        let base = self.next_due.filter(|&t| now.saturating_duration_since(t) < self.effective).unwrap_or(now);
+        self.next_due = Some(base + self.effective);
     }
 
     /// Behind: the previous request has not finished or the worker is full.
@@ -213,7 +222,7 @@ fn classify(
     let mut tensor = vec![0.0; INPUT_LEN];
     pre.i420_to_tensor(&frame.view(), &mut tensor);
     ctx.metrics.stage(Stage::Preprocess, ms_since(t));
-    pacer.last_submit = Some(now);
+    pacer.submitted(now);
     latest.in_flight.store(true, Ordering::Release);
     let reply = {
         let (latest, labels, metrics, name) =
@@ -312,5 +321,22 @@ mod tests {
         assert!((p.effective_fps() - 5.0).abs() < 0.01);
         let every = ClassifyPacer::new(0.0);
         assert!(every.due(Instant::now()) && every.effective_fps() == 0.0);
+    }
+
+    #[test]
+    fn pacer_keeps_the_configured_rate_on_a_frame_grid() {
+        // 25 fps frames arriving with ±1 ms of jitter, 5 fps classification: every
+        // 5th frame on average, not every 6th when a frame comes a little early.
+        let mut p = ClassifyPacer::new(5.0);
+        let t0 = Instant::now();
+        let mut classified = 0;
+        for frame in 0..250u32 {
+            let now = t0 + Duration::from_millis(u64::from(frame) * 40 + 3 - u64::from(frame % 2) * 2);
+            if p.due(now) {
+                p.submitted(now);
+                classified += 1;
+            }
+        }
+        assert!((49..=50).contains(&classified), "10 s at 5 fps: {classified}");
     }
 }
