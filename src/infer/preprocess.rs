@@ -169,24 +169,26 @@ impl Preprocessor {
         let hi = self.taps_index(width);
         let mut rows = std::mem::take(&mut self.rows);
         rows.resize(INPUT_SIDE * row_len, 0.0);
-        passes(src, stride, row_len, channels, &self.taps[vi], &self.taps[hi], &mut rows, out);
+        let job = Job { src, stride, row_len, channels, vertical: &self.taps[vi], horizontal: &self.taps[hi] };
+        passes(&job, &mut rows, out);
         self.rows = rows;
     }
 }
 
-/// Both passes; on x86-64 CPUs with AVX2 and FMA (detected once at run time)
-/// the same code is compiled for 8-wide vectors, about twice as fast.
-#[allow(clippy::too_many_arguments)]
-fn passes(
-    src: &[u8],
+/// One resampling job: an 8-bit image (`channels` interleaved samples per pixel,
+/// rows `stride` bytes apart, `row_len` = width × channels) and its filter taps.
+struct Job<'a> {
+    src: &'a [u8],
     stride: usize,
     row_len: usize,
     channels: usize,
-    vt: &Taps,
-    ht: &Taps,
-    rows: &mut [f32],
-    out: &mut [&mut [f32]],
-) {
+    vertical: &'a Taps,
+    horizontal: &'a Taps,
+}
+
+/// Both passes; on x86-64 CPUs with AVX2 and FMA (detected once at run time)
+/// the same code is compiled for 8-wide vectors, about twice as fast.
+fn passes(job: &Job<'_>, rows: &mut [f32], out: &mut [&mut [f32]]) {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -195,43 +197,24 @@ fn passes(
             // SAFETY: the CPU supports AVX2 and FMA (checked just above), the only
             // requirement of a `#[target_feature]` function.
             unsafe {
-                passes_avx2_fma(src, stride, row_len, channels, vt, ht, rows, out)
+                passes_avx2_fma(job, rows, out)
             };
             return;
         }
     }
-    passes_generic(src, stride, row_len, channels, vt, ht, rows, out);
+    passes_generic(job, rows, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn passes_avx2_fma(
-    src: &[u8],
-    stride: usize,
-    row_len: usize,
-    channels: usize,
-    vt: &Taps,
-    ht: &Taps,
-    rows: &mut [f32],
-    out: &mut [&mut [f32]],
-) {
-    passes_generic(src, stride, row_len, channels, vt, ht, rows, out);
+fn passes_avx2_fma(job: &Job<'_>, rows: &mut [f32], out: &mut [&mut [f32]]) {
+    passes_generic(job, rows, out);
 }
 
 /// Vertical pass over whole rows (contiguous, vectorises), then horizontal.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn passes_generic(
-    src: &[u8],
-    stride: usize,
-    row_len: usize,
-    channels: usize,
-    vt: &Taps,
-    ht: &Taps,
-    rows: &mut [f32],
-    out: &mut [&mut [f32]],
-) {
+fn passes_generic(job: &Job<'_>, rows: &mut [f32], out: &mut [&mut [f32]]) {
+    let &Job { src, stride, row_len, channels, vertical: vt, horizontal: ht } = job;
     for (oy, acc) in rows.chunks_exact_mut(row_len).enumerate() {
         let (y0, weights) = vt.get(oy);
         let line = |k: usize| &src[(y0 + k) * stride..][..row_len];
