@@ -100,6 +100,9 @@ fn labels_snapshots_and_metrics_from_a_real_camera() {
     let event = app.first_sse_event("/api/labels/stream", Duration::from_secs(5));
     assert!(event.contains("event: label") && event.contains("\"camera\":\"door\""), "{event}");
     assert_eq!(app.get_json("/healthz")["status"], "ok");
+    let index = app.get_json("/");
+    assert_eq!(index["cameras"], serde_json::json!(["door"]));
+    assert!(index["endpoints"].as_array().unwrap().iter().any(|e| e == "GET /api/labels"));
     assert_eq!(app.get_json("/readyz")["cameras_streaming"], 1);
 
     let history = app.get_json("/api/labels/door?limit=3");

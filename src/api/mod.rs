@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/labels", get(latest_labels))
         .route("/api/labels/stream", get(label_stream))
         .route("/api/labels/{camera}", get(label_history))
+        .route("/", get(index))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -132,6 +133,20 @@ async fn label_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = R
     });
     let stream = futures::StreamExt::take_until(labels, shutdown);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// `GET /`: what this server offers, until the viewer page takes this place.
+async fn index(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "infercast",
+        "version": env!("CARGO_PKG_VERSION"),
+        "cameras": state.cameras.keys().collect::<Vec<_>>(),
+        "endpoints": [
+            "GET /api/cameras", "GET /api/cameras/{name}", "GET /api/cameras/{name}/snapshot.jpg[?track=raw]",
+            "GET /api/labels", "GET /api/labels/{camera}?since=&limit=", "GET /api/labels/stream (SSE)",
+            "POST /whep/{camera}/{raw|annotated} (WHEP)", "GET /healthz", "GET /readyz", "GET /metrics"
+        ]
+    }))
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
