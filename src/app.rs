@@ -86,7 +86,6 @@ pub async fn serve(
     let state = AppState {
         cameras: Arc::new(cameras),
         labels: services.labels.clone(),
-        hub: services.hub.clone(),
         metrics: services.metrics.clone(),
         sfu: sfu.clone(),
         shutdown: cancel.clone(),

@@ -25,7 +25,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 pub use self::error::ApiError;
-use crate::hub::{Hub, TrackKind};
+use crate::hub::TrackKind;
 use crate::labels::{Label, LabelStore};
 use crate::pipeline::{Camera, CameraState, CameraStatus};
 use crate::telemetry::Metrics;
@@ -35,7 +35,6 @@ use crate::telemetry::Metrics;
 pub struct AppState {
     pub cameras: Arc<BTreeMap<String, Arc<Camera>>>,
     pub labels: Arc<LabelStore>,
-    pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     /// WebRTC viewer sessions (WHEP).
     pub sfu: Arc<crate::sfu::Sfu>,

@@ -26,12 +26,14 @@ impl Reply {
     }
 }
 
+/// An HTTP client that returns error statuses as replies (tests assert on them)
+/// and gives up after `timeout`.
+pub fn agent_with_timeout(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().new_agent()
+}
+
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent()
+    agent_with_timeout(Duration::from_secs(10))
 }
 
 impl Infercast {
@@ -86,7 +88,7 @@ impl Infercast {
     /// line), at most `within`.
     pub fn first_sse_event(&self, path: &str, within: Duration) -> String {
         use std::io::Read;
-        let agent = ureq::Agent::config_builder().timeout_global(Some(within)).build().new_agent();
+        let agent = agent_with_timeout(within);
         let resp = agent.get(format!("{}{path}", self.base)).call().expect("SSE request");
         assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
         let mut reader = resp.into_body().into_reader();

@@ -186,11 +186,7 @@ pub struct HttpReply {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(15)))
-        .build()
-        .new_agent()
+    super::service::agent_with_timeout(Duration::from_secs(15))
 }
 
 fn reply(mut resp: ureq::http::Response<ureq::Body>) -> HttpReply {
