@@ -82,12 +82,14 @@ pub async fn serve(
             .map_err(|e| AppError::Camera { name: cam.name.clone(), reason: e.to_string() })?;
         cameras.insert(cam.name.clone(), camera);
     }
-    let sfu = Arc::new(crate::sfu::Sfu::with_metrics(crate::sfu::SfuConfig::from_env(), services.metrics.registry()));
+    let sfu_config = crate::sfu::SfuConfig::from(&config.webrtc);
+    let sfu = Arc::new(crate::sfu::Sfu::with_metrics(sfu_config, services.metrics.registry()));
     let state = AppState {
         cameras: Arc::new(cameras),
         labels: services.labels.clone(),
         metrics: services.metrics.clone(),
         sfu: sfu.clone(),
+        ice_servers: Arc::new(config.webrtc.ice_servers.clone()),
         shutdown: cancel.clone(),
     };
     on_listening(addr);

@@ -18,6 +18,7 @@ pub struct Config {
     pub label_history: usize,
     pub inference: InferenceConfig,
     pub rtsp: RtspConfig,
+    pub webrtc: WebRtcConfig,
     /// `[[camera]]` tables; empty means the built-in demo camera.
     #[serde(rename = "camera")]
     pub cameras: Vec<CameraConfig>,
@@ -30,6 +31,7 @@ impl Default for Config {
             label_history: 1000,
             inference: InferenceConfig::default(),
             rtsp: RtspConfig::default(),
+            webrtc: WebRtcConfig::default(),
             cameras: Vec::new(),
         }
     }
@@ -53,6 +55,50 @@ impl Default for RtspConfig {
     fn default() -> Self {
         RtspConfig { request_timeout_ms: 5000, frame_timeout_ms: 5000, backoff_initial_ms: 500, backoff_max_ms: 30_000 }
     }
+}
+
+/// `[webrtc]`: how viewers reach infercast (ICE).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    /// Local IPs to gather host candidates on (default `["0.0.0.0", "127.0.0.1"]`):
+    /// `0.0.0.0` means every non-loopback IPv4 interface, `127.0.0.1` adds loopback
+    /// (viewers on this machine).
+    pub udp_ips: Vec<std::net::IpAddr>,
+    /// Inclusive UDP port range for viewer sessions, e.g. `[50000, 50999]`; each
+    /// session takes one port (on every IP). Default: ephemeral ports.
+    pub udp_port_range: Option<[u16; 2]>,
+    /// Public IPs advertised in place of the host ones (1:1 NAT, containers with
+    /// published ports): they go into the SDP answer as server-reflexive candidates.
+    pub public_ips: Vec<std::net::IpAddr>,
+    /// STUN/TURN servers handed to the viewer page (`RTCPeerConnection`'s
+    /// `iceServers`). Default none: enough on one machine or a LAN.
+    pub ice_servers: Vec<IceServer>,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        WebRtcConfig {
+            udp_ips: vec![std::net::Ipv4Addr::UNSPECIFIED.into(), std::net::Ipv4Addr::LOCALHOST.into()],
+            udp_port_range: None,
+            public_ips: Vec::new(),
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+/// One `[[webrtc.ice_servers]]`, as in the W3C `RTCIceServer` dictionary.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    /// `stun:host:port`, `turn:host:port?transport=udp`, `turns:...`.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password (handed to viewers: use short-lived TURN credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// When the annotated track is encoded.
@@ -82,6 +128,14 @@ pub struct CameraConfig {
     /// Annotated track bitrate in bits per second (default 1 500 000).
     #[serde(default = "default_annotated_bitrate_bps")]
     pub annotated_bitrate_bps: u32,
+    /// With `on_demand`, how long the encoder keeps running after the last
+    /// annotated viewer left, in ms (default 5000).
+    #[serde(default = "default_annotated_linger_ms")]
+    pub annotated_linger_ms: u64,
+}
+
+fn default_annotated_linger_ms() -> u64 {
+    5000
 }
 
 fn default_classify_fps() -> f32 {
@@ -101,6 +155,7 @@ impl CameraConfig {
             classify_fps: default_classify_fps(),
             encode_annotated: EncodePolicy::default(),
             annotated_bitrate_bps: default_annotated_bitrate_bps(),
+            annotated_linger_ms: default_annotated_linger_ms(),
         }
     }
 }
@@ -220,6 +275,7 @@ impl Config {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("listen = {:?} is not an address like 127.0.0.1:8080", self.listen));
         }
+        self.webrtc.validate()?;
         let mut seen = std::collections::HashSet::new();
         for cam in &self.cameras {
             let valid_name = !cam.name.is_empty()
@@ -239,6 +295,36 @@ impl Config {
             }
             if !(50_000..=50_000_000).contains(&cam.annotated_bitrate_bps) {
                 return Err(format!("camera {:?}: annotated_bitrate_bps must be 50000..=50000000", cam.name));
+            }
+            if cam.annotated_linger_ms > 3_600_000 {
+                return Err(format!("camera {:?}: annotated_linger_ms must be at most 3600000 (1 h)", cam.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WebRtcConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.udp_ips.is_empty() {
+            return Err("webrtc.udp_ips is empty: viewers could not connect".into());
+        }
+        if let Some([lo, hi]) = self.udp_port_range
+            && (lo == 0 || lo > hi)
+        {
+            return Err(format!("webrtc.udp_port_range = [{lo}, {hi}]: need 1 <= first <= last"));
+        }
+        for s in &self.ice_servers {
+            if s.urls.is_empty() {
+                return Err("webrtc.ice_servers: an entry has no urls".into());
+            }
+            for u in &s.urls {
+                if !["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| u.starts_with(p)) {
+                    return Err(format!("webrtc.ice_servers: {u:?} is not a stun:, stuns:, turn: or turns: URL"));
+                }
+                if u.starts_with("turn") && (s.username.is_none() || s.credential.is_none()) {
+                    return Err(format!("webrtc.ice_servers: TURN server {u:?} needs username and credential"));
+                }
             }
         }
         Ok(())
@@ -297,6 +383,22 @@ mod tests {
         let c = Config::parse(text).expect("example parses");
         c.validate().expect("example validates");
         assert_eq!(c.cameras.len(), 2);
+    }
+
+    #[test]
+    fn webrtc_section_parses_and_is_checked() {
+        let text = "[webrtc]\nudp_port_range = [50000, 50099]\npublic_ips = [\"203.0.113.7\"]\n\
+                    [[webrtc.ice_servers]]\nurls = [\"stun:stun.example.org:3478\"]\n";
+        let c = Config::parse(text).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.webrtc.udp_port_range, Some([50000, 50099]));
+        assert_eq!(c.webrtc.ice_servers[0].urls, ["stun:stun.example.org:3478"]);
+        let bad = Config::parse("[webrtc]\nudp_port_range = [5000, 4000]\n").expect("parses");
+        assert!(bad.validate().expect_err("reversed").contains("udp_port_range"));
+        let turn = Config::parse("[[webrtc.ice_servers]]\nurls = [\"turn:t.example.org\"]\n").expect("parses");
+        assert!(turn.validate().expect_err("no credential").contains("username and credential"));
+        let err = Config::parse("[webrtc]\npublic_ips = [\"not-an-ip\"]\n").expect_err("bad ip");
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -50,11 +50,12 @@ pub struct Metrics {
     reconnects: IntCounterVec,
     stage_seconds: HistogramVec,
     capture_to_label_seconds: HistogramVec,
+    capture_to_encoded_seconds: HistogramVec,
 }
 
 /// Stage-latency buckets, seconds: 0.5 ms … 1 s.
 const STAGE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0];
-const LATENCY_BUCKETS: &[f64] = &[0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
+const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names and labels are valid constants");
@@ -105,6 +106,13 @@ impl Metrics {
                 cam,
                 LATENCY_BUCKETS,
             ),
+            capture_to_encoded_seconds: histogram(
+                &r,
+                "capture_to_encoded_seconds",
+                "From frame capture to its annotated access unit being encoded (ready for viewers)",
+                cam,
+                LATENCY_BUCKETS,
+            ),
             registry: r,
         }
     }
@@ -121,6 +129,7 @@ impl Metrics {
             dropped: self.frames_dropped.clone(),
             stages: Stage::ALL.map(|s| self.stage_seconds.with_label_values(&[camera, s.as_str()])),
             capture_to_label: self.capture_to_label_seconds.with_label_values(c),
+            capture_to_encoded: self.capture_to_encoded_seconds.with_label_values(c),
             camera: camera.to_owned(),
         }
     }
@@ -152,6 +161,7 @@ pub struct CameraMetrics {
     dropped: IntCounterVec,
     stages: [Histogram; 5],
     pub capture_to_label: Histogram,
+    pub capture_to_encoded: Histogram,
 }
 
 impl CameraMetrics {

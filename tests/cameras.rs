@@ -100,10 +100,18 @@ fn labels_snapshots_and_metrics_from_a_real_camera() {
     let event = app.first_sse_event("/api/labels/stream", Duration::from_secs(5));
     assert!(event.contains("event: label") && event.contains("\"camera\":\"door\""), "{event}");
     assert_eq!(app.get_json("/healthz")["status"], "ok");
-    let index = app.get_json("/");
+    let index = app.get_json("/api");
     assert_eq!(index["cameras"], serde_json::json!(["door"]));
     assert!(index["endpoints"].as_array().unwrap().iter().any(|e| e == "GET /api/labels"));
     assert_eq!(app.get_json("/readyz")["cameras_streaming"], 1);
+    // The viewer page and what it loads are built into the binary.
+    let page = app.get("/");
+    assert_eq!((page.status, page.content_type.as_str()), (200, "text/html; charset=utf-8"));
+    assert!(String::from_utf8_lossy(&page.body).contains("/viewer/app.js"));
+    let script = app.get("/viewer/app.js");
+    assert_eq!((script.status, script.content_type.as_str()), (200, "text/javascript; charset=utf-8"));
+    assert_eq!(app.get("/viewer/nope.js").status, 404);
+    assert_eq!(app.get_json("/api/webrtc"), serde_json::json!({ "ice_servers": [] }));
 
     let history = app.get_json("/api/labels/door?limit=3");
     assert!(!history.as_array().unwrap().is_empty() && history.as_array().unwrap().len() <= 3);
@@ -112,15 +120,6 @@ fn labels_snapshots_and_metrics_from_a_real_camera() {
     assert_eq!(missing.json()["error"]["code"], "camera_not_found");
     assert_eq!(app.get("/api/labels/nope").status, 404);
     assert_eq!(app.get("/api/labels/door?since=yesterday").status, 400);
-}
-
-/// The value of the Prometheus sample `name{labels}` in `/metrics` (0 when absent).
-fn metric(app: &Infercast, sample: &str) -> f64 {
-    let text = String::from_utf8(app.get("/metrics").body).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]
@@ -141,13 +140,13 @@ fn the_annotated_track_is_encoded_once_when_always_on() {
     let app = Infercast::start(&["--config", config.to_str().unwrap()]);
     app.wait_for("/api/cameras/enc", Duration::from_secs(10), |c| state(c) == "streaming");
     std::thread::sleep(Duration::from_secs(2));
-    let decoded = metric(&app, "infercast_frames_decoded_total{camera=\"enc\"}");
-    let encoded = metric(&app, "infercast_frames_encoded_total{camera=\"enc\"}");
+    let decoded = app.metric("infercast_frames_decoded_total{camera=\"enc\"}");
+    let encoded = app.metric("infercast_frames_encoded_total{camera=\"enc\"}");
     assert!(encoded > 0.0 && encoded >= decoded - 5.0, "encoded {encoded} of {decoded} decoded frames");
-    assert!(metric(&app, "infercast_stage_duration_seconds_count{camera=\"enc\",stage=\"encode\"}") > 0.0);
+    assert!(app.metric("infercast_stage_duration_seconds_count{camera=\"enc\",stage=\"encode\"}") > 0.0);
     // on_demand with no viewer: decoded but never encoded.
-    assert!(metric(&app, "infercast_frames_decoded_total{camera=\"lazy\"}") > 0.0);
-    assert_eq!(metric(&app, "infercast_frames_encoded_total{camera=\"lazy\"}"), 0.0);
+    assert!(app.metric("infercast_frames_decoded_total{camera=\"lazy\"}") > 0.0);
+    assert_eq!(app.metric("infercast_frames_encoded_total{camera=\"lazy\"}"), 0.0);
 }
 
 #[test]

@@ -154,7 +154,14 @@ fn annotated_track_over_whep_starts_at_a_keyframe() {
     if !netns::isolated("annotated_track_over_whep_starts_at_a_keyframe") {
         return;
     }
-    let (_server, app) = start_camera();
+    let server = RtspServer::start(&[("/cam1", CLIP)], None);
+    let config = common::scratch_dir("annotated_linger").join("infercast.toml");
+    let toml = format!("[[camera]]\nname = \"door\"\nurl = \"{}\"\nannotated_linger_ms = 1000\n", server.url("/cam1"));
+    std::fs::write(&config, toml).unwrap();
+    let app = Infercast::start(&["--config", config.to_str().unwrap()]);
+    app.wait_for("/api/cameras/door", Duration::from_secs(20), |c| c["state"] == "streaming");
+    let encoded = || app.metric("infercast_frames_encoded_total{camera=\"door\"}");
+    assert_eq!(encoded(), 0.0, "on demand: nothing encoded before the first viewer");
     let rt = runtime();
     let viewer = rt.block_on(Viewer::new(Offer::H264));
     let (location, answer) = post_offer(&app, &viewer, "/whep/door/annotated");
@@ -171,4 +178,199 @@ fn annotated_track_over_whep_starts_at_a_keyframe() {
     assert!(r.status == 200 || r.status == 204, "DELETE {location}: {}", r.status);
     assert_eq!(app.camera("door")["viewers"]["annotated"], 0);
     rt.block_on(viewer.close());
+    // The encoder stops annotated_linger_ms (1 s) after the last viewer left.
+    std::thread::sleep(Duration::from_millis(1800));
+    let stopped_at = encoded();
+    assert!(stopped_at > 40.0, "{stopped_at} frames encoded while watched");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(encoded(), stopped_at, "encoder still running 1.8 s after the last viewer left");
+    assert!(app.metric("infercast_capture_to_encoded_seconds_count{camera=\"door\"}") > 0.0);
+}
+
+/// One access unit as the viewer received it: whether it is an IDR and its
+/// packets' payload hashes (identical hashes = the same access unit resent).
+#[derive(Debug)]
+struct FrameSeen {
+    /// Index of its first packet in the viewer's packet list.
+    first_packet: usize,
+    idr: bool,
+    hashes: Vec<u64>,
+}
+
+fn frames(packets: &[whep_client::RtpSeen]) -> Vec<FrameSeen> {
+    let mut out = Vec::new();
+    let mut cur = FrameSeen { first_packet: 0, idr: false, hashes: Vec::new() };
+    for (i, p) in packets.iter().enumerate() {
+        if cur.hashes.is_empty() {
+            cur.first_packet = i;
+        }
+        cur.idr |= p.nal_types.contains(&5);
+        cur.hashes.push(p.payload_hash);
+        if p.marker {
+            out.push(std::mem::replace(&mut cur, FrameSeen { first_packet: 0, idr: false, hashes: Vec::new() }));
+        }
+    }
+    out
+}
+
+/// Waits (≤ 5 s) until the viewer has received an IDR after the packets it had
+/// when called, then returns the packet count.
+fn after_next_idr(viewer: &Viewer) -> usize {
+    let start = viewer.packets().len();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        let packets = viewer.packets();
+        if frames(&packets[start..]).iter().any(|f| f.idr) {
+            return packets.len();
+        }
+    }
+    panic!("no IDR in 5 s");
+}
+
+#[test]
+fn pli_gets_a_keyframe_on_both_tracks() {
+    if !netns::isolated("pli_gets_a_keyframe_on_both_tracks") {
+        return;
+    }
+    let (_server, app) = start_camera();
+    let rt = runtime();
+
+    // Raw: the camera's GOP is 1 s. A PLI right after a keyframe makes the server
+    // resend its cached keyframe at once: the same IDR bytes arrive a second time.
+    let viewer = rt.block_on(Viewer::new(Offer::H264));
+    let (raw_location, answer) = post_offer(&app, &viewer, "/whep/door/raw");
+    rt.block_on(viewer.apply_answer(&answer));
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects; log:\n{}", app.log());
+    after_next_idr(&viewer);
+    std::thread::sleep(Duration::from_millis(1100)); // past the per-session PLI rate limit
+    let before_pli = after_next_idr(&viewer);
+    rt.block_on(viewer.send_pli());
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = frames(&viewer.packets());
+    let idrs: Vec<&FrameSeen> = seen.iter().filter(|f| f.idr).collect();
+    let resent =
+        idrs.windows(3).any(|w| w[2].first_packet >= before_pli && w[..2].iter().any(|e| e.hashes == w[2].hashes))
+            || idrs.windows(2).any(|w| w[1].first_packet >= before_pli && w[0].hashes == w[1].hashes);
+    assert!(
+        resent,
+        "no keyframe resent after the PLI; IDRs at packets {:?}",
+        idrs.iter().map(|f| f.first_packet).collect::<Vec<_>>()
+    );
+    assert_eq!(app.metric("infercast_webrtc_plis_total{camera=\"door\",track=\"raw\"}"), 1.0);
+    whep_client::delete(&app.base, &raw_location);
+    rt.block_on(viewer.close());
+
+    // Annotated: the encoder's GOP is 2 s (50 frames). A PLI a few frames after an
+    // IDR makes it emit the next IDR far sooner.
+    let viewer = rt.block_on(Viewer::new(Offer::H264));
+    let (location, answer) = post_offer(&app, &viewer, "/whep/door/annotated");
+    rt.block_on(viewer.apply_answer(&answer));
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects; log:\n{}", app.log());
+    after_next_idr(&viewer);
+    std::thread::sleep(Duration::from_millis(1100));
+    let at_idr = after_next_idr(&viewer);
+    std::thread::sleep(Duration::from_millis(200));
+    let before_pli = viewer.packets().len();
+    rt.block_on(viewer.send_pli());
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = frames(&viewer.packets());
+    let frames_after_pli: Vec<&FrameSeen> = seen.iter().filter(|f| f.first_packet >= before_pli).collect();
+    let idr_after = frames_after_pli.iter().position(|f| f.idr).expect("an IDR after the PLI");
+    let since_last_idr = seen.iter().filter(|f| f.first_packet >= at_idr).count() - frames_after_pli.len() + idr_after;
+    assert!(
+        idr_after <= 15 && since_last_idr < 40,
+        "IDR {idr_after} frames after the PLI, {since_last_idr} after the previous IDR (GOP 50)"
+    );
+    assert_eq!(app.metric("infercast_webrtc_plis_total{camera=\"door\",track=\"annotated\"}"), 1.0);
+    whep_client::delete(&app.base, &location);
+    rt.block_on(viewer.close());
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn hundred_rapid_create_delete_cycles_leave_nothing_behind() {
+    if !netns::isolated("hundred_rapid_create_delete_cycles_leave_nothing_behind") {
+        return;
+    }
+    let (_server, app) = start_camera();
+    let rt = runtime();
+    // One viewer watches throughout: the churn must not disturb it.
+    let watcher = rt.block_on(Viewer::new(Offer::H264));
+    let (watcher_location, answer) = post_offer(&app, &watcher, "/whep/door/raw");
+    rt.block_on(watcher.apply_answer(&answer));
+    assert!(rt.block_on(watcher.connected(Duration::from_secs(10))), "viewer connects; log:\n{}", app.log());
+
+    let offer = rt.block_on(Viewer::new(Offer::H264));
+    let cycle = || {
+        let (location, _) = post_offer(&app, &offer, "/whep/door/raw");
+        let r = whep_client::delete(&app.base, &location);
+        assert!(r.status == 200 || r.status == 204, "DELETE {location}: {} {}", r.status, r.body);
+    };
+    // Warm up lazily created state (runtime worker threads, DTLS certificate, ...).
+    for _ in 0..3 {
+        cycle();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let fds_before = open_fds(app.pid());
+    let frames_before = watcher.packets().iter().filter(|p| p.marker).count();
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        cycle();
+    }
+    let churn = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let watched_frames = watcher.packets().iter().filter(|p| p.marker).count() - frames_before;
+    let expected = (churn.as_secs_f64() * 25.0) as usize;
+    assert!(watched_frames * 10 >= expected * 8, "watcher got {watched_frames} frames of ~{expected} during the churn");
+
+    assert_eq!(raw_viewers(&app), 1, "only the watcher's subscription is left");
+    assert_eq!(app.metric("infercast_webrtc_viewers{camera=\"door\",track=\"raw\"}"), 1.0);
+    let created = app.metric("infercast_webrtc_sessions_created_total{camera=\"door\",track=\"raw\"}");
+    let ended = app.metric("infercast_webrtc_sessions_ended_total{camera=\"door\",track=\"raw\"}");
+    assert_eq!((created, ended), (104.0, 103.0));
+    // Sockets close when the connections' drivers finish: allow them a moment.
+    let mut fds_after = open_fds(app.pid());
+    for _ in 0..50 {
+        if fds_after <= fds_before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        fds_after = open_fds(app.pid());
+    }
+    assert!(fds_after <= fds_before, "open fds {fds_before} before the churn, {fds_after} after");
+    eprintln!("100 create/delete cycles in {churn:?}; fds {fds_before} → {fds_after}");
+
+    whep_client::delete(&app.base, &watcher_location);
+    assert_eq!(raw_viewers(&app), 0);
+    rt.block_on(watcher.close());
+    rt.block_on(offer.close());
+}
+
+#[test]
+fn a_viewer_that_leaves_without_delete_is_cleaned_up() {
+    if !netns::isolated("a_viewer_that_leaves_without_delete_is_cleaned_up") {
+        return;
+    }
+    let (_server, app) = start_camera();
+    let rt = runtime();
+    let viewer = rt.block_on(Viewer::new(Offer::H264));
+    let (_, answer) = post_offer(&app, &viewer, "/whep/door/raw");
+    rt.block_on(viewer.apply_answer(&answer));
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects; log:\n{}", app.log());
+    app.wait_for("/api/cameras/door", Duration::from_secs(5), |c| c["viewers"]["raw"] == 1);
+    let started = std::time::Instant::now();
+    rt.block_on(viewer.close());
+    // Closed (DTLS close_notify) or silent (ICE consent fails, then 10 s of grace).
+    app.wait_for("/api/cameras/door", Duration::from_secs(45), |c| c["viewers"]["raw"] == 0);
+    for _ in 0..50 {
+        if app.metric("infercast_webrtc_viewers{camera=\"door\",track=\"raw\"}") == 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(app.metric("infercast_webrtc_viewers{camera=\"door\",track=\"raw\"}"), 0.0);
+    eprintln!("session ended {:?} after the viewer left", started.elapsed());
 }

@@ -1,9 +1,10 @@
 //! The HTTP API (axum): cameras, snapshots, labels (REST and Server-Sent
-//! Events), health and Prometheus metrics. `router(state)` builds it all in
+//! Events), WHEP, the viewer page, health and Prometheus metrics. `router(state)` builds it all in
 //! one place.
 
 mod error;
 mod snapshot;
+mod viewer;
 mod whep;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// WebRTC viewer sessions (WHEP).
     pub sfu: Arc<crate::sfu::Sfu>,
+    /// STUN/TURN servers for the viewer page (`[webrtc] ice_servers`).
+    pub ice_servers: Arc<Vec<crate::config::IceServer>>,
     /// Ends long-lived responses (SSE) at shutdown.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -57,11 +60,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/labels", get(latest_labels))
         .route("/api/labels/stream", get(label_stream))
         .route("/api/labels/{camera}", get(label_history))
-        .route("/", get(index))
+        .route("/api", get(index))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(whep::routes())
+        .merge(viewer::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
@@ -134,7 +138,7 @@ async fn label_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = R
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-/// `GET /`: what this server offers, until the viewer page takes this place.
+/// `GET /api`: what this server offers.
 async fn index(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "name": "infercast",
@@ -143,7 +147,8 @@ async fn index(State(state): State<AppState>) -> Json<serde_json::Value> {
         "endpoints": [
             "GET /api/cameras", "GET /api/cameras/{name}", "GET /api/cameras/{name}/snapshot.jpg[?track=raw]",
             "GET /api/labels", "GET /api/labels/{camera}?since=&limit=", "GET /api/labels/stream (SSE)",
-            "POST /whep/{camera}/{raw|annotated} (WHEP)", "GET /healthz", "GET /readyz", "GET /metrics"
+            "POST /whep/{camera}/{raw|annotated} (WHEP)", "GET /api/webrtc", "GET / (viewer page)",
+            "GET /healthz", "GET /readyz", "GET /metrics"
         ]
     }))
 }

@@ -26,8 +26,6 @@ use crate::telemetry::{CameraMetrics, Stage};
 
 /// Slowest classification rate the pipeline backs off to when behind, seconds per frame.
 const MAX_CLASSIFY_INTERVAL: Duration = Duration::from_secs(2);
-/// How long the annotated encoder keeps running after its last viewer left.
-const ENCODER_LINGER: Duration = Duration::from_secs(5);
 
 /// A request for the next frame of one track, as decoded I420.
 pub struct SnapshotRequest {
@@ -141,7 +139,8 @@ pub fn run(ctx: MediaContext) {
         if wanted {
             encoder_last_wanted = Instant::now();
         }
-        if wanted || (encoder.is_some() && encoder_last_wanted.elapsed() < ENCODER_LINGER) {
+        let linger = Duration::from_millis(ctx.config.annotated_linger_ms);
+        if wanted || (encoder.is_some() && encoder_last_wanted.elapsed() < linger) {
             encode(&ctx, &mut encoder, &frame);
         } else if encoder.take().is_some() {
             tracing::info!(camera = %ctx.name, "annotated encoder stopped: no viewers");
@@ -297,6 +296,9 @@ fn encode(ctx: &MediaContext, encoder: &mut Option<Encoder>, frame: &VideoFrame)
         Ok(au) => {
             ctx.metrics.stage(Stage::Encode, ms_since(t));
             ctx.metrics.encoded.inc();
+            if let Ok(age) = SystemTime::now().duration_since(frame.captured_at) {
+                ctx.metrics.capture_to_encoded.observe(age.as_secs_f64());
+            }
             ctx.tracks.annotated.publish(au);
         }
         Err(e) => tracing::warn!(camera = %ctx.name, error = %e, "encode failed"),

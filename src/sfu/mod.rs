@@ -9,13 +9,15 @@
 
 mod offer;
 mod packetize;
+mod ports;
 mod rtcp;
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
 use rtc::interceptor::Slot;
@@ -68,44 +70,37 @@ fn webrtc_err(e: impl std::fmt::Display) -> SfuError {
 /// Network settings for viewer peer connections.
 #[derive(Clone, Debug)]
 pub struct SfuConfig {
-    /// Local UDP addresses for ICE (`0.0.0.0:0` expands to every non-loopback
-    /// interface; `127.0.0.1:0` adds a loopback host candidate).
-    pub udp_addrs: Vec<String>,
+    /// Local IPs for ICE host candidates (`0.0.0.0` expands to every non-loopback
+    /// IPv4 interface; `127.0.0.1` adds a loopback candidate).
+    pub udp_ips: Vec<IpAddr>,
+    /// Inclusive UDP port range; `None` = ephemeral ports.
+    pub udp_port_range: Option<[u16; 2]>,
     /// Public IPs to advertise as server-reflexive candidates (1:1 NAT).
     pub public_ips: Vec<String>,
     /// Longest wait for ICE gathering before answering.
     pub gather_timeout: Duration,
     /// Longest wait for the viewer to connect after the answer.
     pub connect_timeout: Duration,
+    /// How long a `disconnected` viewer may take to come back before its session ends.
+    pub disconnected_timeout: Duration,
 }
 
 impl Default for SfuConfig {
     fn default() -> Self {
-        SfuConfig {
-            udp_addrs: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
-            public_ips: Vec::new(),
-            gather_timeout: Duration::from_secs(3),
-            connect_timeout: Duration::from_secs(30),
-        }
+        SfuConfig::from(&crate::config::WebRtcConfig::default())
     }
 }
 
-impl SfuConfig {
-    /// Defaults, overridden by `INFERCAST_WEBRTC_UDP` (comma-separated bind
-    /// addresses) and `INFERCAST_WEBRTC_PUBLIC_IPS` (comma-separated).
-    pub fn from_env() -> SfuConfig {
-        let list = |var: &str| -> Option<Vec<String>> {
-            let v = std::env::var(var).ok()?;
-            Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
-        };
-        let mut c = SfuConfig::default();
-        if let Some(addrs) = list("INFERCAST_WEBRTC_UDP").filter(|a| !a.is_empty()) {
-            c.udp_addrs = addrs;
+impl From<&crate::config::WebRtcConfig> for SfuConfig {
+    fn from(c: &crate::config::WebRtcConfig) -> SfuConfig {
+        SfuConfig {
+            udp_ips: c.udp_ips.clone(),
+            udp_port_range: c.udp_port_range,
+            public_ips: c.public_ips.iter().map(IpAddr::to_string).collect(),
+            gather_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(30),
+            disconnected_timeout: Duration::from_secs(10),
         }
-        if let Some(ips) = list("INFERCAST_WEBRTC_PUBLIC_IPS") {
-            c.public_ips = ips;
-        }
-        c
     }
 }
 
@@ -114,28 +109,97 @@ struct SfuMetrics {
     viewers: IntGaugeVec,
     created: IntCounterVec,
     ended: IntCounterVec,
+    packets_sent: IntCounterVec,
+    bytes_sent: IntCounterVec,
+    keyframe_requests: IntCounterVec,
+    nacks: IntCounterVec,
+    send_latency: HistogramVec,
 }
+
+/// Access unit received → RTP handed to the connection, seconds: 50 µs … 0.5 s.
+const SEND_LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5];
 
 impl SfuMetrics {
     fn register(registry: &prometheus::Registry) -> Option<SfuMetrics> {
         let labels = &["camera", "track"];
-        let viewers =
-            IntGaugeVec::new(Opts::new("webrtc_viewers", "WebRTC viewer sessions per camera and track"), labels)
-                .ok()?;
-        let created =
-            IntCounterVec::new(Opts::new("webrtc_sessions_created_total", "WHEP sessions created"), labels).ok()?;
-        let ended = IntCounterVec::new(Opts::new("webrtc_sessions_ended_total", "WHEP sessions ended"), labels).ok()?;
-        for m in [
-            Box::new(viewers.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(created.clone()),
-            Box::new(ended.clone()),
-        ] {
-            if let Err(e) = registry.register(m) {
+        let counter = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), labels).ok();
+        let m = SfuMetrics {
+            viewers: IntGaugeVec::new(
+                Opts::new("webrtc_viewers", "WebRTC viewer sessions per camera and track"),
+                labels,
+            )
+            .ok()?,
+            created: counter("webrtc_sessions_created_total", "WHEP sessions created")?,
+            ended: counter("webrtc_sessions_ended_total", "WHEP sessions ended")?,
+            packets_sent: counter("webrtc_packets_sent_total", "RTP packets sent to viewers")?,
+            bytes_sent: counter("webrtc_bytes_sent_total", "RTP payload bytes sent to viewers")?,
+            keyframe_requests: counter("webrtc_plis_total", "Keyframe requests (RTCP PLI or FIR) from viewers")?,
+            nacks: counter("webrtc_nacks_total", "RTCP NACK packets (retransmission requests) from viewers")?,
+            send_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "webrtc_send_latency_seconds",
+                    "Live access unit received from the camera (raw) or encoder (annotated: from the camera \
+                     access unit it was made from) to its last RTP packet handed to the viewer's connection",
+                )
+                .buckets(SEND_LATENCY_BUCKETS.to_vec()),
+                &["track"],
+            )
+            .ok()?,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+            Box::new(m.viewers.clone()),
+            Box::new(m.created.clone()),
+            Box::new(m.ended.clone()),
+            Box::new(m.packets_sent.clone()),
+            Box::new(m.bytes_sent.clone()),
+            Box::new(m.keyframe_requests.clone()),
+            Box::new(m.nacks.clone()),
+            Box::new(m.send_latency.clone()),
+        ];
+        for c in collectors {
+            if let Err(e) = registry.register(c) {
                 tracing::warn!("SFU metrics not registered: {e}");
                 return None;
             }
         }
-        Some(SfuMetrics { viewers, created, ended })
+        Some(m)
+    }
+
+    fn session(&self, camera: &str, kind: TrackKind) -> SessionMetrics {
+        let labels = [camera, kind.as_str()];
+        SessionMetrics {
+            packets_sent: self.packets_sent.with_label_values(&labels),
+            bytes_sent: self.bytes_sent.with_label_values(&labels),
+            keyframe_requests: self.keyframe_requests.with_label_values(&labels),
+            nacks: self.nacks.with_label_values(&labels),
+            send_latency: self.send_latency.with_label_values(&[kind.as_str()]),
+        }
+    }
+}
+
+/// One session's metric handles (resolved once, not per packet).
+#[derive(Clone)]
+struct SessionMetrics {
+    packets_sent: IntCounter,
+    bytes_sent: IntCounter,
+    keyframe_requests: IntCounter,
+    nacks: IntCounter,
+    send_latency: Histogram,
+}
+
+impl SessionMetrics {
+    /// Handles registered nowhere: for an SFU made without a registry.
+    fn unregistered() -> SessionMetrics {
+        let counter = || IntCounter::new("unregistered", "unregistered").expect("constant name is valid");
+        SessionMetrics {
+            packets_sent: counter(),
+            bytes_sent: counter(),
+            keyframe_requests: counter(),
+            nacks: counter(),
+            send_latency: Histogram::with_opts(HistogramOpts::new("unregistered", "unregistered"))
+                .expect("constant name is valid"),
+        }
     }
 }
 
@@ -159,13 +223,14 @@ pub struct CreatedSession {
 /// All viewer sessions.
 pub struct Sfu {
     config: SfuConfig,
+    ports: ports::PortPool,
     sessions: Sessions,
     metrics: Option<SfuMetrics>,
 }
 
 impl Sfu {
     pub fn new(config: SfuConfig) -> Sfu {
-        Sfu { config, sessions: Arc::default(), metrics: None }
+        Sfu { ports: ports::PortPool::new(config.udp_port_range), config, sessions: Arc::default(), metrics: None }
     }
 
     /// Like [`Sfu::new`], with viewer gauges and session counters in `registry`.
@@ -204,7 +269,10 @@ impl Sfu {
             )
             .map_err(webrtc_err)?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err)?;
-        let registry = registry.with(Slot::from(14_000), rtcp::KeyframeRequestForwarder::default());
+        let session_metrics =
+            self.metrics.as_ref().map_or_else(SessionMetrics::unregistered, |m| m.session(camera, kind));
+        let registry =
+            registry.with(Slot::from(14_000), rtcp::KeyframeRequestForwarder::new(session_metrics.nacks.clone()));
         // Answer as the DTLS client: the viewer (DTLS server) then finishes its
         // handshake before we do, so it can decrypt the very first packets (the
         // cached GOP's keyframe). As DTLS server we would start sending while the
@@ -217,6 +285,7 @@ impl Sfu {
         if !self.config.public_ips.is_empty() {
             settings = settings.with_nat_1to1_ips(self.config.public_ips.clone(), RTCIceCandidateType::Srflx);
         }
+        let port = self.ports.lease(&self.config.udp_ips).map_err(SfuError::WebRtc)?;
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let handler = Arc::new(Events { gathered: gathered_tx, state: state_tx });
@@ -226,7 +295,7 @@ impl Sfu {
             .with_setting_engine(settings.build())
             .with_interceptor_registry(registry)
             .with_handler(handler)
-            .with_udp_addrs(self.config.udp_addrs.clone())
+            .with_udp_addrs(port.addrs(&self.config.udp_ips))
             .build()
             .await
             .map_err(webrtc_err)?;
@@ -297,6 +366,9 @@ impl Sfu {
             rtp: RtpState::new(ssrc, payload_type),
             state: state_rx,
             connect_timeout: self.config.connect_timeout,
+            disconnected_timeout: self.config.disconnected_timeout,
+            metrics: session_metrics,
+            _port: port,
         };
         let sessions = self.sessions.clone();
         let metrics = self.metrics.clone();
@@ -393,6 +465,25 @@ fn is_over(state: &RTCPeerConnectionState) -> bool {
     matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)
 }
 
+/// Resolves when the connection has failed or closed, or stayed `disconnected`
+/// (no answer to ICE consent checks: the viewer closed its tab or lost its
+/// network) for `grace`.
+async fn gone(mut state: watch::Receiver<RTCPeerConnectionState>, grace: Duration) {
+    loop {
+        let s = match state.wait_for(|s| is_over(s) || *s == RTCPeerConnectionState::Disconnected).await {
+            Ok(s) => *s,
+            Err(_) => return,
+        };
+        if is_over(&s) {
+            return;
+        }
+        let back = state.wait_for(|s| *s != RTCPeerConnectionState::Disconnected);
+        if tokio::time::timeout(grace, back).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Keyframe requests are passed on at most this often.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -406,6 +497,10 @@ struct Session {
     rtp: RtpState,
     state: watch::Receiver<RTCPeerConnectionState>,
     connect_timeout: Duration,
+    disconnected_timeout: Duration,
+    metrics: SessionMetrics,
+    /// Held until the session ends (and its sockets with it).
+    _port: ports::PortLease,
 }
 
 impl Session {
@@ -420,10 +515,13 @@ impl Session {
         };
         if connected {
             tracing::debug!(session = %self.id, "viewer connected");
-            let mut state = self.state.clone();
+            let state = self.state.clone();
+            let disconnected_timeout = self.disconnected_timeout;
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = state.wait_for(is_over) => {}
+                _ = gone(state, disconnected_timeout) => {
+                    tracing::debug!(session = %self.id, "viewer gone");
+                }
                 _ = self.stream() => {}
             }
         } else if !cancel.is_cancelled() {
@@ -447,15 +545,15 @@ impl Session {
         let mut payloads = Vec::new();
         let local = self.local.clone();
         loop {
-            let au = match queue.pop_front() {
-                Some(au) => au,
+            let (au, live) = match queue.pop_front() {
+                Some(au) => (au, false),
                 None => {
                     let next = tokio::select! {
                         au = sub.next() => Next::Media(au),
                         ev = local.poll() => Next::Event(ev),
                     };
                     match next {
-                        Next::Media(Some(au)) => au,
+                        Next::Media(Some(au)) => (au, true),
                         Next::Media(None) => return,
                         Next::Event(Some(TrackLocalEvent::OnRtcpPacket(packets))) => {
                             if !packets.iter().any(|p| rtcp::is_keyframe_request(p.as_ref()))
@@ -463,6 +561,7 @@ impl Session {
                             {
                                 continue;
                             }
+                            self.metrics.keyframe_requests.inc();
                             last_keyframe_request = Some(Instant::now());
                             tracing::debug!(session = %self.id, "viewer asked for a keyframe");
                             match self.kind {
@@ -491,11 +590,18 @@ impl Session {
             packetize_h264(&au.data, DEFAULT_MAX_PAYLOAD, &mut payloads);
             let timestamp = self.rtp.timestamp(au.pts_90k);
             let n = payloads.len();
+            let mut bytes = 0;
             for (i, payload) in payloads.drain(..).enumerate() {
+                bytes += payload.len();
                 let packet = self.rtp.packet(timestamp, i + 1 == n, payload);
                 if let Err(e) = self.local.write_rtp(packet).await {
                     tracing::debug!(session = %self.id, "RTP write failed: {e}");
                 }
+            }
+            self.metrics.packets_sent.inc_by(n as u64);
+            self.metrics.bytes_sent.inc_by(bytes as u64);
+            if live {
+                self.metrics.send_latency.observe(au.received_at.elapsed().as_secs_f64());
             }
         }
     }

@@ -1,6 +1,6 @@
 //! An interceptor that hands the viewer's keyframe requests (PLI, FIR) to the
-//! application (`TrackLocalEvent::OnRtcpPacket`); all other inbound RTCP stays
-//! with the interceptors that act on it (NACK responder, reports).
+//! application (`TrackLocalEvent::OnRtcpPacket`) and counts its NACKs; all other
+//! inbound RTCP stays with the interceptors that act on it (NACK responder, reports).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -8,14 +8,22 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
 /// Forwards PLI/FIR to the application. Register it last (application-most).
-#[derive(Default)]
 pub struct KeyframeRequestForwarder {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
+    nacks: prometheus::IntCounter,
+}
+
+impl KeyframeRequestForwarder {
+    /// Counts the viewer's RTCP NACK packets in `nacks`.
+    pub fn new(nacks: prometheus::IntCounter) -> Self {
+        KeyframeRequestForwarder { read_queue: VecDeque::new(), write_queue: VecDeque::new(), nacks }
+    }
 }
 
 /// True when an RTCP packet asks for a keyframe.
@@ -33,6 +41,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
+            let nacks = packets.iter().filter(|p| p.as_any().is::<TransportLayerNack>()).count();
+            self.nacks.inc_by(nacks as u64);
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> =
                 packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
             if requests.is_empty() {

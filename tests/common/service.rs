@@ -134,6 +134,20 @@ impl Infercast {
         self.log.lock().unwrap().clone()
     }
 
+    /// The process id (for `/proc/<pid>/...`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One sample's value from `/metrics`, e.g. `infercast_webrtc_plis_total{camera="door",track="raw"}`
+    /// (0 when absent).
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = String::from_utf8(self.get("/metrics").body).expect("metrics are UTF-8");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    }
+
     /// Sends SIGTERM and returns how long the process took to exit (panics after 10 s).
     pub fn terminate(&mut self) -> Duration {
         let t = Instant::now();

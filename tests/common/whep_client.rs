@@ -24,6 +24,15 @@ pub struct RtpSeen {
     pub marker: bool,
     /// H.264 NAL unit types in the payload (see `infercast::sfu::payload_nal_types`).
     pub nal_types: Vec<u8>,
+    /// A hash of the payload bytes (to recognise a resent packet).
+    pub payload_hash: u64,
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 /// Which video codecs the viewer offers.
@@ -39,6 +48,7 @@ struct Events {
     gathered: watch::Sender<bool>,
     state: watch::Sender<RTCPeerConnectionState>,
     packets: Arc<Mutex<Vec<RtpSeen>>>,
+    track: Arc<Mutex<Option<Arc<dyn TrackRemote>>>>,
 }
 
 #[async_trait::async_trait]
@@ -55,6 +65,7 @@ impl PeerConnectionEventHandler for Events {
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let packets = self.packets.clone();
+        *self.track.lock().unwrap() = Some(track.clone());
         tokio::spawn(async move {
             while let Some(evt) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(p) = evt {
@@ -64,6 +75,7 @@ impl PeerConnectionEventHandler for Events {
                         timestamp: p.header.timestamp,
                         marker: p.header.marker,
                         nal_types: infercast::sfu::payload_nal_types(&p.payload),
+                        payload_hash: hash(&p.payload),
                     });
                 }
             }
@@ -76,6 +88,7 @@ pub struct Viewer {
     pub offer_sdp: String,
     state: watch::Receiver<RTCPeerConnectionState>,
     packets: Arc<Mutex<Vec<RtpSeen>>>,
+    track: Arc<Mutex<Option<Arc<dyn TrackRemote>>>>,
 }
 
 fn codec(mime: &str, pt: u8, fmtp: &str) -> RTCRtpCodecParameters {
@@ -117,7 +130,9 @@ impl Viewer {
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let packets = Arc::new(Mutex::new(Vec::new()));
-        let events = Arc::new(Events { gathered: gathered_tx, state: state_tx, packets: packets.clone() });
+        let track = Arc::new(Mutex::new(None));
+        let events =
+            Arc::new(Events { gathered: gathered_tx, state: state_tx, packets: packets.clone(), track: track.clone() });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media_engine)
@@ -142,7 +157,7 @@ impl Viewer {
             .expect("ICE gathering completes")
             .expect("handler alive");
         let offer_sdp = pc.local_description().await.expect("local description").sdp;
-        Viewer { pc, offer_sdp, state: state_rx, packets }
+        Viewer { pc, offer_sdp, state: state_rx, packets, track }
     }
 
     pub async fn apply_answer(&self, answer_sdp: &str) {
@@ -168,6 +183,15 @@ impl Viewer {
 
     pub fn packets(&self) -> Vec<RtpSeen> {
         self.packets.lock().unwrap().clone()
+    }
+
+    /// Sends an RTCP PLI (picture loss indication) for the received track.
+    pub async fn send_pli(&self) {
+        let track = self.track.lock().unwrap().clone().expect("a track was received");
+        let media_ssrc = track.ssrcs().await.first().copied().expect("track has an SSRC");
+        let pli =
+            rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication { sender_ssrc: 0, media_ssrc };
+        track.write_rtcp(vec![Box::new(pli)]).await.expect("PLI sent");
     }
 
     pub async fn close(&self) {

@@ -1,0 +1,1 @@
+// Viewer page: placeholder until the grid lands.

@@ -1,0 +1,47 @@
+//! The viewer page (`GET /` and `/viewer/*`), built into the binary from
+//! `assets/viewer/` so the program runs from any directory, and the WebRTC
+//! settings the page needs (`GET /api/webrtc`).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::{ApiError, AppState};
+
+/// `(file name, content type, bytes)` of every page asset.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("index.html", "text/html; charset=utf-8", include_str!("../../assets/viewer/index.html")),
+    ("app.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/app.js")),
+    ("style.css", "text/css; charset=utf-8", include_str!("../../assets/viewer/style.css")),
+];
+
+/// The page routes (merged into the API router).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { asset("index.html") }))
+        .route("/viewer/{file}", get(|Path(file): Path<String>| async move { asset(&file) }))
+        .route("/api/webrtc", get(webrtc_settings))
+}
+
+fn asset(name: &str) -> Response {
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, content_type, body)) => {
+            let mut r = (*body).into_response();
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            // Small files, changed only by an upgrade: revalidate each load.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no viewer file {name:?}")).into_response(),
+    }
+}
+
+/// `GET /api/webrtc`: `{"ice_servers": [{"urls": [...], "username"?, "credential"?}]}`,
+/// ready for `new RTCPeerConnection({iceServers})`.
+async fn webrtc_settings(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "ice_servers": *state.ice_servers }))
+}
