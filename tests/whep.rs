@@ -374,3 +374,70 @@ fn a_viewer_that_leaves_without_delete_is_cleaned_up() {
     assert_eq!(app.metric("infercast_webrtc_viewers{camera=\"door\",track=\"raw\"}"), 0.0);
     eprintln!("session ended {:?} after the viewer left", started.elapsed());
 }
+
+/// Ports of the answer's `a=candidate` lines whose address is `ip`.
+fn candidate_ports(answer: &str, ip: &str) -> Vec<u16> {
+    answer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.len() > 5 && f[4] == ip)
+        .map(|f| f[5].parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn webrtc_config_pins_ports_and_advertises_public_ips() {
+    if !netns::isolated("webrtc_config_pins_ports_and_advertises_public_ips") {
+        return;
+    }
+    // A "LAN" address of this namespace's own, as a NATed machine has.
+    let ip = std::process::Command::new("ip").args(["addr", "add", "10.99.0.1/32", "dev", "lo"]).status().unwrap();
+    assert!(ip.success(), "ip addr add");
+    let server = RtspServer::start(&[("/cam1", CLIP)], None);
+    let config = common::scratch_dir("webrtc_ports").join("infercast.toml");
+    let toml = format!(
+        "[webrtc]\nudp_ips = [\"10.99.0.1\", \"127.0.0.1\"]\nudp_port_range = [50000, 50001]\npublic_ips = [\"203.0.113.7\"]\n\
+         [[webrtc.ice_servers]]\nurls = [\"stun:stun.example.org:3478\"]\n\n\
+         [[camera]]\nname = \"door\"\nurl = \"{}\"\n",
+        server.url("/cam1")
+    );
+    std::fs::write(&config, toml).unwrap();
+    let app = Infercast::start(&["--config", config.to_str().unwrap()]);
+    app.wait_for("/api/cameras/door", Duration::from_secs(20), |c| c["state"] == "streaming");
+    assert_eq!(app.get_json("/api/webrtc")["ice_servers"][0]["urls"][0], "stun:stun.example.org:3478");
+
+    let rt = runtime();
+    let viewer = rt.block_on(Viewer::new(Offer::H264));
+    let (first, answer) = post_offer(&app, &viewer, "/whep/door/raw");
+    let ports = candidate_ports(&answer, "127.0.0.1");
+    assert!(!ports.is_empty() && ports.iter().all(|p| (50000..=50001).contains(p)), "{answer}");
+    let lan = candidate_ports(&answer, "10.99.0.1");
+    assert!(!lan.is_empty() && lan.iter().all(|p| *p == ports[0]), "one port per session on every IP:\n{answer}");
+    // 1:1 NAT: the LAN candidate's public twin, same port; none for loopback.
+    assert!(
+        answer.contains(&format!("203.0.113.7 {} typ srflx raddr 10.99.0.1 rport {}", ports[0], ports[0])),
+        "public IP advertised:\n{answer}"
+    );
+    assert_eq!(candidate_ports(&answer, "203.0.113.7").len(), 1, "{answer}");
+    // The viewer still connects (over the loopback candidate) and receives video.
+    rt.block_on(viewer.apply_answer(&answer));
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects; log:\n{}", app.log());
+
+    let (_second, answer2) = post_offer(&app, &viewer, "/whep/door/raw");
+    let ports2 = candidate_ports(&answer2, "127.0.0.1");
+    assert!(ports2.iter().all(|p| (50000..=50001).contains(p) && !ports.contains(p)), "{ports:?} {ports2:?}");
+    // The range is used up: a clear error, and the sessions keep going.
+    let r = whep_client::post(&app.base, "/whep/door/raw", "application/sdp", &viewer.offer_sdp);
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("udp_port_range"), "{}", r.body);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(viewer.packets().iter().filter(|p| p.marker).count() > 10, "first viewer still receives");
+    // A deleted session's port is available again.
+    let r = whep_client::delete(&app.base, &first);
+    assert!(r.status == 200 || r.status == 204, "{}", r.body);
+    let other = rt.block_on(Viewer::new(Offer::H264));
+    post_offer(&app, &other, "/whep/door/raw");
+    rt.block_on(viewer.close());
+    rt.block_on(other.close());
+}

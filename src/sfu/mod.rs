@@ -7,6 +7,7 @@
 //! Viewers never slow the hub down: a session that falls behind loses its own
 //! access units (the hub's broadcast drops them) and resumes at a keyframe.
 
+mod candidates;
 mod offer;
 mod packetize;
 mod ports;
@@ -33,8 +34,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionState, Registry, SettingEngineBuilder,
-    register_default_interceptors,
+    RTCIceGatheringState, RTCPeerConnectionState, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
 pub use self::offer::{ChosenCodec, check_offer};
@@ -76,7 +76,7 @@ pub struct SfuConfig {
     /// Inclusive UDP port range; `None` = ephemeral ports.
     pub udp_port_range: Option<[u16; 2]>,
     /// Public IPs to advertise as server-reflexive candidates (1:1 NAT).
-    pub public_ips: Vec<String>,
+    pub public_ips: Vec<IpAddr>,
     /// Longest wait for ICE gathering before answering.
     pub gather_timeout: Duration,
     /// Longest wait for the viewer to connect after the answer.
@@ -96,7 +96,7 @@ impl From<&crate::config::WebRtcConfig> for SfuConfig {
         SfuConfig {
             udp_ips: c.udp_ips.clone(),
             udp_port_range: c.udp_port_range,
-            public_ips: c.public_ips.iter().map(IpAddr::to_string).collect(),
+            public_ips: c.public_ips.clone(),
             gather_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(30),
             disconnected_timeout: Duration::from_secs(10),
@@ -277,14 +277,11 @@ impl Sfu {
         // handshake before we do, so it can decrypt the very first packets (the
         // cached GOP's keyframe). As DTLS server we would start sending while the
         // viewer still waits for our Finished, and it lost the keyframe now and then.
-        let mut settings = SettingEngineBuilder::new()
+        let settings = SettingEngineBuilder::new()
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_network_types(vec![NetworkType::Udp4])
             .with_include_loopback_candidate(true);
-        if !self.config.public_ips.is_empty() {
-            settings = settings.with_nat_1to1_ips(self.config.public_ips.clone(), RTCIceCandidateType::Srflx);
-        }
         let port = self.ports.lease(&self.config.udp_ips).map_err(SfuError::WebRtc)?;
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
@@ -333,7 +330,7 @@ impl Sfu {
                 .ok()
                 .and_then(|p| p.rtp_parameters.codecs.first().map(|c| c.payload_type))
                 .unwrap_or(chosen.payload_type);
-            Ok::<_, SfuError>((usable_candidates_only(&answer.sdp), payload_type))
+            Ok::<_, SfuError>((candidates::rewrite_candidates(&answer.sdp, &self.config.public_ips), payload_type))
         };
         let (answer_sdp, payload_type) = match negotiate.await {
             Ok(r) => r,
@@ -427,19 +424,6 @@ fn stream_profile_level_id(tracks: &CameraTracks, kind: TrackKind) -> Option<[u8
     let sub = tracks.track(kind).subscribe();
     let key = sub.gop.first()?;
     nal_units(&key.data).find(|n| nal_type(n) == Some(7)).and_then(profile_level_id)
-}
-
-/// Drops `a=candidate` lines no peer can use (an unspecified address, left when
-/// a wildcard bind had no interface to expand to).
-fn usable_candidates_only(sdp: &str) -> String {
-    let mut out = String::with_capacity(sdp.len());
-    for line in sdp.split_inclusive('\n') {
-        if line.starts_with("a=candidate:") && line.split(' ').nth(4).is_some_and(|a| a == "0.0.0.0" || a == "::") {
-            continue;
-        }
-        out.push_str(line);
-    }
-    out
 }
 
 struct Events {
@@ -683,12 +667,5 @@ mod tests {
         r.reanchor = true;
         assert_eq!(r.timestamp(0).wrapping_sub(t0), 3600 + 6000);
         assert_eq!(r.timestamp(3600).wrapping_sub(t0), 3600 + 9600);
-    }
-
-    #[test]
-    fn unusable_candidates_are_dropped_from_the_answer() {
-        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 0.0.0.0 5000 typ host\r\n\
-                   a=candidate:2 1 udp 2130706431 127.0.0.1 5001 typ host\r\n";
-        assert_eq!(usable_candidates_only(sdp), "v=0\r\na=candidate:2 1 udp 2130706431 127.0.0.1 5001 typ host\r\n");
     }
 }
