@@ -60,13 +60,7 @@ fn clip_access_units(data: &[u8]) -> Vec<AccessUnit> {
             let keyframe = annexb::nal_type(nal) == Some(nal_type::IDR_SLICE);
             let data = Bytes::from(std::mem::take(&mut pending));
             let pts_90k = aus.len() as i64 * 3600;
-            aus.push(AccessUnit {
-                data,
-                pts_90k,
-                keyframe,
-                received_at: Instant::now(),
-                captured_at: SystemTime::now(),
-            });
+            aus.push(AccessUnit::new(data, pts_90k, keyframe, Instant::now(), SystemTime::now()));
             if aus.len() == FRAMES as usize {
                 break;
             }

@@ -208,13 +208,7 @@ mod tests {
     use super::*;
 
     fn au(n: i64, keyframe: bool) -> AccessUnit {
-        AccessUnit {
-            data: Bytes::from(vec![n as u8; 10]),
-            pts_90k: n * 3600,
-            keyframe,
-            received_at: Instant::now(),
-            captured_at: SystemTime::now(),
-        }
+        AccessUnit::new(Bytes::from(vec![n as u8; 10]), n * 3600, keyframe, Instant::now(), SystemTime::now())
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //!
 //! Nothing here does I/O or knows about cameras, codecs or models.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -23,6 +24,16 @@ pub struct AccessUnit {
     /// When the camera captured the picture (wall clock): from RTCP sender reports
     /// when the camera sends them, else the receive time anchored at the first frame.
     pub captured_at: SystemTime,
+    /// `data` cut into H.264 RTP payloads (RFC 6184), made once by the first
+    /// viewer session that sends this access unit and shared by every clone (the
+    /// other viewers). Empty until then; set only from `data`.
+    pub rtp_payloads: Arc<OnceLock<Vec<Bytes>>>,
+}
+
+impl AccessUnit {
+    pub fn new(data: Bytes, pts_90k: i64, keyframe: bool, received_at: Instant, captured_at: SystemTime) -> AccessUnit {
+        AccessUnit { data, pts_90k, keyframe, received_at, captured_at, rtp_payloads: Arc::default() }
+    }
 }
 
 /// A decoded picture in I420 (YUV 4:2:0, 8 bit, three planes), as an H.264 decoder

@@ -15,6 +15,11 @@ use super::{ApiError, AppState};
 const ASSETS: &[(&str, &str, &str)] = &[
     ("index.html", "text/html; charset=utf-8", include_str!("../../assets/viewer/index.html")),
     ("app.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/app.js")),
+    ("api.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/api.js")),
+    ("tile.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/tile.js")),
+    ("player.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/player.js")),
+    ("stats.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/stats.js")),
+    ("whep.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/whep.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../../assets/viewer/style.css")),
 ];
 

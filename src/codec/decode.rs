@@ -213,7 +213,7 @@ mod tests {
     }
 
     fn with_data(au: &AccessUnit, data: Vec<u8>) -> AccessUnit {
-        AccessUnit { data: Bytes::from(data), ..au.clone() }
+        AccessUnit::new(Bytes::from(data), au.pts_90k, au.keyframe, au.received_at, au.captured_at)
     }
 
     #[test]

@@ -165,13 +165,7 @@ impl Encoder {
         if self.out.is_empty() {
             return Err(err("openh264 returned an empty access unit".into()));
         }
-        Ok(AccessUnit {
-            data: self.out.split().freeze(),
-            pts_90k: frame.pts_90k,
-            keyframe,
-            received_at: frame.received_at,
-            captured_at: frame.captured_at,
-        })
+        Ok(AccessUnit::new(self.out.split().freeze(), frame.pts_90k, keyframe, frame.received_at, frame.captured_at))
     }
 }
 

@@ -109,13 +109,7 @@ impl ReplaySession {
         self.next_due = (self.next_due + self.frame_interval).max(now);
         let (data, keyframe) = self.units[self.next].clone();
         self.next = (self.next + 1) % self.units.len();
-        let au = AccessUnit {
-            data,
-            pts_90k: self.pts_90k,
-            keyframe,
-            received_at: now.into_std(),
-            captured_at: SystemTime::now(),
-        };
+        let au = AccessUnit::new(data, self.pts_90k, keyframe, now.into_std(), SystemTime::now());
         self.pts_90k += (self.frame_interval.as_secs_f64() * 90_000.0).round() as i64;
         Ok(au)
     }

@@ -143,13 +143,9 @@ impl RtspSession {
                         let (w, h) = v.pixel_dimensions();
                         (self.info.width, self.info.height) = (Some(w), Some(h));
                     }
-                    return Ok(AccessUnit {
-                        keyframe: f.is_random_access_point(),
-                        data: Bytes::from(f.into_data()),
-                        pts_90k,
-                        received_at,
-                        captured_at,
-                    });
+                    let keyframe = f.is_random_access_point();
+                    let data = Bytes::from(f.into_data());
+                    return Ok(AccessUnit::new(data, pts_90k, keyframe, received_at, captured_at));
                 }
                 CodecItem::Rtcp(rtcp) if rtcp.stream_id() == self.stream_i => {
                     let Some(rtp_ts) = rtcp.rtp_timestamp() else { continue };

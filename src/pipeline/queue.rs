@@ -107,13 +107,13 @@ mod tests {
     use super::*;
 
     fn au(n: u8, keyframe: bool) -> MediaMsg {
-        MediaMsg::AccessUnit(AccessUnit {
-            data: Bytes::from(vec![n]),
-            pts_90k: i64::from(n),
+        MediaMsg::AccessUnit(AccessUnit::new(
+            Bytes::from(vec![n]),
+            i64::from(n),
             keyframe,
-            received_at: Instant::now(),
-            captured_at: SystemTime::now(),
-        })
+            Instant::now(),
+            SystemTime::now(),
+        ))
     }
 
     fn pts(p: Popped) -> Option<i64> {

@@ -526,7 +526,6 @@ impl Session {
         }
         let mut queue: VecDeque<AccessUnit> = std::mem::take(&mut sub.gop).into();
         let mut last_keyframe_request: Option<Instant> = None;
-        let mut payloads = Vec::new();
         let local = self.local.clone();
         loop {
             let (au, live) = match queue.pop_front() {
@@ -570,14 +569,17 @@ impl Session {
                     }
                 }
             };
-            payloads.clear();
-            packetize_h264(&au.data, DEFAULT_MAX_PAYLOAD, &mut payloads);
+            let payloads = au.rtp_payloads.get_or_init(|| {
+                let mut payloads = Vec::new();
+                packetize_h264(&au.data, DEFAULT_MAX_PAYLOAD, &mut payloads);
+                payloads
+            });
             let timestamp = self.rtp.timestamp(au.pts_90k);
             let n = payloads.len();
             let mut bytes = 0;
-            for (i, payload) in payloads.drain(..).enumerate() {
+            for (i, payload) in payloads.iter().enumerate() {
                 bytes += payload.len();
-                let packet = self.rtp.packet(timestamp, i + 1 == n, payload);
+                let packet = self.rtp.packet(timestamp, i + 1 == n, payload.clone());
                 if let Err(e) = self.local.write_rtp(packet).await {
                     tracing::debug!(session = %self.id, "RTP write failed: {e}");
                 }
