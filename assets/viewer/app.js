@@ -1,1 +1,95 @@
-// Viewer page: placeholder until the grid lands.
+// The viewer page: builds one tile per camera from /api/cameras and keeps
+// them current (re-polled every 2 s), routes labels from the SSE stream to
+// their tiles, and ends every video session when the page goes away.
+
+import { getJson, watchLabels } from './api.js';
+import { Tile } from './tile.js';
+
+const POLL_MS = 2000;
+
+const grid = document.getElementById('grid');
+const summary = document.getElementById('summary');
+/** Tiles by camera name, in the order of /api/cameras. */
+const tiles = new Map();
+/** The newest label per camera, also for cameras whose tile is not built yet. */
+const latestLabels = new Map();
+let iceServers = [];
+
+function setSummary(text, ok) {
+  summary.textContent = text;
+  summary.dataset.ok = String(ok);
+}
+
+function showLabel(label) {
+  latestLabels.set(label.camera, label);
+  tiles.get(label.camera)?.showLabel(label);
+}
+
+/** Adds, updates and removes tiles to match `cameras`. */
+function sync(cameras) {
+  const names = new Set(cameras.map((c) => c.name));
+  for (const [name, tile] of tiles) {
+    if (!names.has(name)) {
+      tile.stop();
+      tile.element.remove();
+      tiles.delete(name);
+    }
+  }
+  for (const camera of cameras) {
+    let tile = tiles.get(camera.name);
+    if (tile) {
+      tile.update(camera);
+    } else {
+      tile = new Tile(camera, { iceServers });
+      tiles.set(camera.name, tile);
+      const label = latestLabels.get(camera.name);
+      if (label) tile.showLabel(label);
+    }
+    grid.append(tile.element); // keeps the API's order; a no-op when already in place
+  }
+  if (cameras.length === 0) {
+    const empty = Object.assign(document.createElement('p'), { className: 'empty', textContent: 'No cameras.' });
+    grid.replaceChildren(empty);
+  } else {
+    grid.querySelector('.empty')?.remove();
+  }
+  const streaming = cameras.filter((c) => c.state === 'streaming').length;
+  setSummary(`${cameras.length} camera${cameras.length === 1 ? '' : 's'} · ${streaming} streaming`, true);
+}
+
+async function poll() {
+  try {
+    sync(await getJson('/api/cameras'));
+  } catch (e) {
+    setSummary(`server unreachable (${e.message})`, false);
+    for (const tile of tiles.values()) tile.setOffline();
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+async function start() {
+  try {
+    iceServers = (await getJson('/api/webrtc')).ice_servers ?? [];
+  } catch (e) {
+    setSummary(`server unreachable (${e.message})`, false);
+    setTimeout(start, POLL_MS);
+    return;
+  }
+  watchLabels({
+    onLabel: showLabel,
+    // (Re)connected: catch up on what was missed while the stream was down.
+    onOpen: () =>
+      getJson('/api/labels')
+        .then((labels) => labels.forEach(showLabel))
+        .catch(() => {}),
+  });
+  poll();
+}
+
+// Leaving the page ends its sessions on the server; a page restored from the
+// back/forward cache starts them again.
+addEventListener('pagehide', () => tiles.forEach((t) => t.stop()));
+addEventListener('pageshow', (e) => e.persisted && tiles.forEach((t) => t.resume()));
+
+start();

@@ -1,0 +1,175 @@
+// One camera's tile: name and state badge, the video with its raw/annotated
+// switch, the live label over the picture, a notice when the camera is not
+// streaming, and the per-second stats line. Owns its DOM and its Player;
+// gets camera states and labels from app.js.
+//
+// Test hooks: <section class="tile" data-camera data-track data-state
+// data-video (player phase) data-retries data-first-frame-ms (WHEP POST →
+// first decoded frame)>, buttons [data-track-button], and
+// .label[data-label][data-score].
+
+import { Player } from './player.js';
+
+const TRACKS = ['raw', 'annotated'];
+
+const NOTICES = {
+  connecting: 'Connecting to the camera…',
+  reconnecting: 'Camera unreachable, reconnecting…',
+  failed: 'Camera failed',
+  stopped: 'Camera stopped',
+};
+
+/** `el('div', {class: 'x'}, child, 'text')`: attributes are set as attributes, text stays text. */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  node.append(...children);
+  return node;
+}
+
+const fmt = (v, digits, unit) => (v == null || !Number.isFinite(v) ? '–' : `${v.toFixed(digits)} ${unit}`);
+
+/** `since 14:02:31 (5 s)` for an RFC 3339 time. */
+function since(iso) {
+  const t = Date.parse(iso);
+  if (!Number.isFinite(t)) return '';
+  const s = Math.max(0, Math.round((Date.now() - t) / 1000));
+  const ago = s < 90 ? `${s} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${Math.round(s / 3600)} h`;
+  return `since ${new Date(t).toLocaleTimeString()} (${ago})`;
+}
+
+export class Tile {
+  #camera;
+  #label = null;
+  #offline = false;
+  #player;
+  #parts;
+
+  constructor(camera, { iceServers, track = 'raw' }) {
+    this.#camera = camera;
+    const video = el('video', { autoplay: '', muted: '', playsinline: '' });
+    video.muted = true; // the attribute alone does not mute a MediaStream in every browser
+    const buttons = TRACKS.map((t) => el('button', { type: 'button', 'data-track-button': t }, t));
+    this.#parts = {
+      video,
+      buttons,
+      badge: el('span', { class: 'badge' }),
+      label: el('div', { class: 'label' }, el('span', { class: 'label-name' }), el('span', { class: 'label-score' })),
+      notice: el(
+        'div',
+        { class: 'notice', hidden: '' },
+        el('strong'),
+        el('span', { class: 'notice-detail' }),
+        el('span', { class: 'notice-since' }),
+      ),
+      stats: el('footer', { class: 'stats' }),
+    };
+    this.element = el(
+      'section',
+      { class: 'tile', 'data-camera': camera.name },
+      el(
+        'header',
+        {},
+        el('h2', {}, camera.name),
+        this.#parts.badge,
+        el('div', { class: 'switch', role: 'group', 'aria-label': 'track' }, ...buttons),
+      ),
+      el('div', { class: 'screen' }, video, this.#parts.label, this.#parts.notice),
+      this.#parts.stats,
+    );
+    for (const b of buttons) b.addEventListener('click', () => this.setTrack(b.dataset.trackButton));
+
+    const endpointFor = (t) => `/whep/${encodeURIComponent(camera.name)}/${t}`;
+    this.#player = new Player(video, { endpointFor, iceServers, onChange: () => this.#renderVideo() });
+    this.update(camera);
+    this.setTrack(track);
+  }
+
+  /** Switches the video to `track` (`raw` or `annotated`) without reloading anything. */
+  setTrack(track) {
+    if (!TRACKS.includes(track) || (track === this.element.dataset.track && this.#player.phase !== 'stopped')) return;
+    this.element.dataset.track = track;
+    for (const b of this.#parts.buttons) b.setAttribute('aria-pressed', String(b.dataset.trackButton === track));
+    this.#player.play(track);
+  }
+
+  /** Re-opens the video after `stop` (e.g. a page restored from the back/forward cache). */
+  resume() {
+    this.#player.play(this.element.dataset.track);
+  }
+
+  /** Ends the video session (DELETE on the server). */
+  stop() {
+    this.#player.stop();
+  }
+
+  /** A fresh `/api/cameras` entry for this camera. */
+  update(camera) {
+    this.#camera = camera;
+    this.#offline = false;
+    const streaming = camera.state === 'streaming';
+    this.element.dataset.state = camera.state;
+    this.#parts.badge.textContent = camera.state;
+    this.#parts.badge.dataset.state = camera.state;
+    if (camera.width && camera.height) this.#parts.video.style.aspectRatio = `${camera.width} / ${camera.height}`;
+    this.#player.setCameraStreaming(streaming);
+    this.#renderNotice();
+    this.#parts.label.classList.toggle('stale', !streaming);
+  }
+
+  /** The API did not answer: say so over the picture until the next `update`. */
+  setOffline() {
+    this.#offline = true;
+    this.#player.setCameraStreaming(false);
+    this.#renderNotice();
+  }
+
+  /** A label for this camera (from the SSE stream or `/api/labels`); older ones are ignored. */
+  showLabel(label) {
+    if (this.#label && Date.parse(label.captured_at) < Date.parse(this.#label.captured_at)) return;
+    this.#label = label;
+    const { label: node } = this.#parts;
+    node.dataset.label = label.label;
+    node.dataset.score = String(label.score);
+    node.querySelector('.label-name').textContent = label.label;
+    node.querySelector('.label-score').textContent = `${Math.round(label.score * 100)}%`;
+    node.title = (label.top5 ?? []).map((c) => `${c.label} ${(c.score * 100).toFixed(1)}%`).join('\n');
+  }
+
+  #renderNotice() {
+    const { notice } = this.#parts;
+    const camera = this.#camera;
+    let title = null;
+    if (this.#offline) {
+      title = 'Server unreachable, retrying…';
+    } else if (camera.state !== 'streaming') {
+      title = NOTICES[camera.state] ?? `Camera ${camera.state}`;
+    }
+    const cameraDown = title != null && !this.#offline;
+    notice.hidden = title == null;
+    notice.querySelector('strong').textContent = title ?? '';
+    // The API redacts credentials from every URL it reports, errors included.
+    notice.querySelector('.notice-detail').textContent = (cameraDown && camera.last_error) || '';
+    notice.querySelector('.notice-since').textContent = cameraDown ? since(camera.state_since) : '';
+  }
+
+  #renderVideo() {
+    const p = this.#player;
+    this.element.dataset.video = p.phase;
+    this.element.dataset.retries = String(p.retries);
+    if (p.firstFrameMs != null) this.element.dataset.firstFrameMs = String(p.firstFrameMs);
+    const s = p.stats;
+    let text;
+    if (p.phase === 'playing' && s) {
+      text = [
+        fmt(s.fps, 0, 'fps'),
+        fmt(s.kbps, 0, 'kbit/s'),
+        `rtt ${fmt(s.rttMs, 0, 'ms')}`,
+        `jitter buf ${fmt(s.jitterMs, 0, 'ms')}`,
+      ].join(' · ');
+    } else {
+      text = { connecting: 'connecting video…', retrying: p.detail }[p.phase] ?? p.phase;
+    }
+    this.#parts.stats.textContent = text;
+  }
+}

@@ -1,0 +1,199 @@
+//! The viewer page in a real browser: Debian's chromium driven by npm
+//! playwright-core (`tests/browser/e2e.mjs`) against the real binary and two
+//! cameras served by GStreamer's RTSP server, all in a private network
+//! namespace. The script reports its checks as JSON lines; this test prints
+//! them, restarts the camera server when the script asks, and asserts.
+//! Needs `scripts/setup --tests` (chromium, node modules).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::netns;
+use common::rtsp::RtspServer;
+use common::service::Infercast;
+
+const CLIP: &str = "assets/demo/bikes-640x272.h264";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// Whole script, browser start to last check (it stops itself at 170 s).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Every check the script must report, in order.
+const CHECKS: &[&str] = &[
+    "browser_flags",
+    "page_loads_one_tile_per_camera",
+    "every_tile_plays",
+    "labels_match_api",
+    "switch_to_annotated",
+    "screenshot",
+    "switch_back_to_raw",
+    "recovers_after_camera_restart",
+    "sessions_deleted_on_pagehide",
+];
+
+fn browser_dir() -> PathBuf {
+    common::repo().join("tests/browser")
+}
+
+/// Chromium, node and the node modules are there, or the test fails saying how to get them.
+fn require_browser_tools() {
+    let missing =
+        |what: &str| panic!("{what} is missing: run scripts/setup --tests (it installs chromium and the node modules)");
+    if !Path::new(CHROMIUM).is_file() {
+        missing(&format!("{CHROMIUM} (Debian package chromium)"));
+    }
+    if Command::new("node").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        missing("node (Node.js 20 or newer, which scripts/setup expects to find)");
+    }
+    if !browser_dir().join("node_modules/playwright-core/package.json").is_file() {
+        missing("tests/browser/node_modules (npm playwright-core)");
+    }
+}
+
+/// The node process; on drop (a failed assertion included) it gets SIGTERM, so
+/// Playwright closes the browser, then SIGKILL if it lingers.
+struct Script {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Script {
+    fn start(base: &str, artifacts: &Path) -> Script {
+        let mut child = Command::new("node")
+            .arg(browser_dir().join("e2e.mjs"))
+            .arg(base)
+            .arg(artifacts)
+            .current_dir(browser_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node starts");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Script { child, stdin, lines }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").and_then(|()| self.stdin.flush()).expect("write to e2e.mjs");
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(5) && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn all_streaming(cameras: &serde_json::Value, n: usize) -> bool {
+    cameras.as_array().is_some_and(|a| a.len() == n && a.iter().all(|c| c["state"] == "streaming"))
+}
+
+/// Kills the camera server, waits until infercast and (one poll later) the page
+/// see the cameras down, and starts the server again on the same port.
+fn restart_cameras(server: &mut RtspServer, app: &Infercast) {
+    server.kill();
+    app.wait_for("/api/cameras", Duration::from_secs(15), |v| {
+        v.as_array().is_some_and(|a| a.iter().all(|c| c["state"] != "streaming"))
+    });
+    std::thread::sleep(Duration::from_secs(3)); // the page polls /api/cameras every 2 s
+    server.restart();
+}
+
+#[test]
+fn viewer_page_in_chromium() {
+    require_browser_tools();
+    if !netns::isolated("viewer_page_in_chromium") {
+        return;
+    }
+    let started = Instant::now();
+    let mut server = RtspServer::start(&[("/cam1", CLIP), ("/cam2", CLIP)], None);
+    let app = Infercast::start(&[&format!("door={}", server.url("/cam1")), &format!("yard={}", server.url("/cam2"))]);
+    app.wait_for("/api/cameras", Duration::from_secs(20), |v| all_streaming(v, 2));
+    app.wait_for("/api/labels", Duration::from_secs(20), |v| v.as_array().is_some_and(|a| a.len() == 2));
+
+    let artifacts = common::repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let mut script = Script::start(&app.base, &artifacts);
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    let mut checks: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut first_frames = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match script.lines.recv_timeout(left) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!(
+                    "e2e.mjs still running after {SCRIPT_TIMEOUT:?}; checks so far: {checks:#?}\nlog:\n{}",
+                    app.log()
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break, // the script exited
+        };
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            eprintln!("browser: {line}");
+            continue;
+        };
+        match event["event"].as_str().unwrap_or_default() {
+            "check" => {
+                let ok = if event["ok"] == true { "ok" } else { "FAILED" };
+                eprintln!("browser check {}: {ok} {event}", event["name"]);
+                checks.insert(event["name"].as_str().unwrap_or_default().to_owned(), event);
+            }
+            "first_frame" => {
+                eprintln!(
+                    "WHEP POST → first decoded frame: {} {}: {} ms",
+                    event["camera"], event["track"], event["ms"]
+                );
+                first_frames.push(event);
+            }
+            "screenshot" => eprintln!("browser screenshot: {}", event["path"].as_str().unwrap_or_default()),
+            "ready_for_restart" => {
+                restart_cameras(&mut server, &app);
+                script.send("restarted");
+            }
+            "done" => break,
+            _ => eprintln!("browser: {line}"),
+        }
+    }
+    let status = script.child.wait().unwrap();
+    eprintln!("browser test took {:.1} s", started.elapsed().as_secs_f64());
+
+    let failed: Vec<_> = checks.values().filter(|c| c["ok"] != true).collect();
+    assert!(failed.is_empty(), "browser checks failed: {failed:#?}\nlog:\n{}", app.log());
+    let missing: Vec<_> = CHECKS.iter().filter(|c| !checks.contains_key(**c)).collect();
+    assert!(
+        missing.is_empty(),
+        "browser checks never reported: {missing:?} (script exit {status})\nlog:\n{}",
+        app.log()
+    );
+    assert!(status.success(), "e2e.mjs exited with {status}");
+    for camera in ["door", "yard"] {
+        let ms = first_frames.iter().find(|e| e["camera"] == camera && e["track"] == "raw").map(|e| e["ms"].clone());
+        assert!(ms.as_ref().is_some_and(serde_json::Value::is_u64), "{camera}: no first-frame time: {first_frames:?}");
+    }
+    assert!(artifacts.join("viewer.png").is_file(), "screenshot");
+}

@@ -1,0 +1,363 @@
+// The viewer page in Debian's chromium, driven by playwright-core, for
+// tests/browser.rs. Usage: node e2e.mjs BASE_URL ARTIFACT_DIR
+//
+// Talks to the Rust test by lines: on stdout one JSON object per line
+// ({"event": "check", "name", "ok", ...}, {"event": "first_frame", ...},
+// {"event": "screenshot", "path"}, {"event": "ready_for_restart"},
+// {"event": "done"}); on stdin it waits for "restarted" after
+// ready_for_restart. Every wait is bounded; the first failed check ends the
+// run (exit 1) after a screenshot of the failure.
+
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const [base, artifactDir] = process.argv.slice(2);
+if (!base || !artifactDir) {
+  console.error('usage: node e2e.mjs BASE_URL ARTIFACT_DIR');
+  process.exit(2);
+}
+const CHROMIUM = '/usr/bin/chromium';
+/** Chromium honours only its last --disable-features: ours is merged with Playwright's. */
+const OUR_DISABLED_FEATURES = ['WebRtcHideLocalIpsWithMdns'];
+const ARGS = [
+  '--allow-loopback-in-peer-connection',
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+const RUN_TIMEOUT_MS = 170_000;
+/** Paths of the DELETE requests the page sent (WHEP sessions it ended), and their statuses. */
+const deletes = [];
+const deleteStatuses = new Map();
+
+const emit = (event) => console.log(JSON.stringify(event));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `probe` every 100 ms until it returns something truthy; throws after `timeoutMs`. */
+async function waitFor(what, timeoutMs, probe) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await probe();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+async function api(path) {
+  const res = await fetch(base + path, { signal: AbortSignal.timeout(5000) });
+  if (!res.ok) throw new Error(`GET ${path}: HTTP ${res.status}`);
+  return res.json();
+}
+
+/** Runs one check; reports it either way and rethrows a failure (ending the run). */
+async function check(name, body) {
+  const started = Date.now();
+  try {
+    const detail = (await body()) ?? {};
+    emit({ event: 'check', name, ok: true, ms: Date.now() - started, ...detail });
+  } catch (e) {
+    emit({ event: 'check', name, ok: false, ms: Date.now() - started, error: String(e?.stack ?? e) });
+    throw e;
+  }
+}
+
+/** Stdin lines, one promise at a time. */
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function nextStdinLine(timeoutMs) {
+  const line = await Promise.race([stdinLines.next(), sleep(timeoutMs).then(() => null)]);
+  if (!line || line.done) throw new Error(`no line on stdin within ${timeoutMs} ms`);
+  return line.value.trim();
+}
+
+/** The browser's command line, as chrome://version shows it. */
+async function commandLine(context) {
+  const page = await context.newPage();
+  try {
+    await page.goto('chrome://version', { timeout: 10_000 });
+    return (await page.textContent('#command_line', { timeout: 5000 })).trim().split(/\s+/);
+  } finally {
+    await page.close();
+  }
+}
+
+/** Playwright's own `--disable-features=...` switch, read from a probe launch. */
+async function playwrightDisableFeatures() {
+  const probe = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 30_000 });
+  try {
+    return (await commandLine(probe)).filter((a) => a.startsWith('--disable-features='));
+  } finally {
+    await probe.close();
+  }
+}
+
+// ---- page helpers (run in the browser) ------------------------------------
+
+const tileSel = (camera) => `.tile[data-camera="${camera}"]`;
+
+function tileInfo(page, camera) {
+  return page.$eval(tileSel(camera), (t) => {
+    const v = t.querySelector('video');
+    const l = t.querySelector('.label');
+    const n = t.querySelector('.notice');
+    return {
+      track: t.dataset.track,
+      state: t.dataset.state,
+      video: t.dataset.video,
+      retries: Number(t.dataset.retries),
+      firstFrameMs: t.dataset.firstFrameMs == null ? null : Number(t.dataset.firstFrameMs),
+      width: v.videoWidth,
+      height: v.videoHeight,
+      frames: v.getVideoPlaybackQuality().totalVideoFrames,
+      label: l.dataset.label ?? null,
+      score: l.dataset.score == null ? null : Number(l.dataset.score),
+      notice: n.hidden ? null : [...n.children].map((c) => c.textContent).filter(Boolean).join(' — '),
+      stats: t.querySelector('.stats').textContent,
+    };
+  });
+}
+
+/** Waits until the tile plays `track`, then checks size and that decoded frames grow over 3 s. */
+async function assertPlays(page, camera, track, width) {
+  const ready = await waitFor(`${camera} to play ${track}`, 15_000, async () => {
+    const i = await tileInfo(page, camera);
+    return i.track === track && i.video === 'playing' && i.width > 0 && i.frames > 0 && i;
+  });
+  if (ready.width !== width) throw new Error(`${camera}/${track}: videoWidth ${ready.width}, camera says ${width}`);
+  await sleep(3000);
+  const later = await tileInfo(page, camera);
+  const grew = later.frames - ready.frames;
+  if (grew < 25) throw new Error(`${camera}/${track}: only ${grew} frames decoded in 3 s`);
+  if (later.track !== track || later.video !== 'playing') {
+    throw new Error(`${camera}: now ${later.track}/${later.video}`);
+  }
+  emit({ event: 'first_frame', camera, track, ms: later.firstFrameMs });
+  const { width: w, height, firstFrameMs, stats } = later;
+  return { camera, track, width: w, height, frames_in_3s: grew, first_frame_ms: firstFrameMs, stats };
+}
+
+/** Waits until the server counts exactly `want` ({raw, annotated}) viewers of `camera`. */
+async function assertViewers(camera, want) {
+  return waitFor(`${camera} viewers ${JSON.stringify(want)}`, 5000, async () => {
+    const cams = await api('/api/cameras');
+    const v = cams.find((c) => c.name === camera)?.viewers;
+    return v && v.raw === want.raw && v.annotated === want.annotated && v;
+  });
+}
+
+/** Clicks the tile's `track` button: the new track plays, the old session is DELETEd, no reload. */
+async function switchTrack(page, camera, track, width) {
+  const old = track === 'raw' ? 'annotated' : 'raw';
+  const deletesBefore = deletes.length;
+  await page.click(`${tileSel(camera)} [data-track-button="${track}"]`, { timeout: 5000 });
+  const played = await assertPlays(page, camera, track, width);
+  const kept = await page.evaluate(() => window.__e2eNoReload === 'still here');
+  if (!kept) throw new Error('the page reloaded (window global lost)');
+  const viewers = await assertViewers(camera, { [track]: 1, [old]: 0 });
+  const deleted = deletes.slice(deletesBefore);
+  if (!deleted.some((p) => p.startsWith(`/whep/${camera}/${old}/`))) {
+    throw new Error(`no DELETE of the ${old} session; DELETEs: ${deleted}`);
+  }
+  return { ...played, viewers, deleted };
+}
+
+// ---- the run ---------------------------------------------------------------
+
+async function run(browserSlot) {
+  // One --disable-features with Playwright's features and ours, checked on the running browser.
+  await check('browser_flags', async () => {
+    const playwrightFlags = await playwrightDisableFeatures();
+    const features = playwrightFlags.flatMap((f) => f.slice('--disable-features='.length).split(','));
+    const merged = `--disable-features=${[...new Set([...features, ...OUR_DISABLED_FEATURES])].join(',')}`;
+    // A fresh profile (user-data-dir) for this run, removed at the end.
+    browserSlot.profile = await mkdtemp(join(tmpdir(), 'infercast-e2e-'));
+    browserSlot.browser = await chromium.launchPersistentContext(browserSlot.profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      ignoreDefaultArgs: playwrightFlags, // replaced by the merged one
+      args: [...ARGS, merged],
+      viewport: { width: 1280, height: 400 },
+      timeout: 30_000,
+    });
+    const flags = (await commandLine(browserSlot.browser)).filter((a) => a.startsWith('--disable-features='));
+    if (flags.length !== 1 || flags[0] !== merged) {
+      throw new Error(`expected exactly ${merged}, the browser runs with: ${flags.join(' ')}`);
+    }
+    return { disable_features: merged };
+  });
+  const browser = browserSlot.browser;
+  browser.on('request', (r) => r.method() === 'DELETE' && deletes.push(new URL(r.url()).pathname));
+  browser.on('response', (r) => {
+    if (r.request().method() === 'DELETE') deleteStatuses.set(new URL(r.url()).pathname, r.status());
+  });
+  const page = browser.pages()[0] ?? (await browser.newPage());
+  browserSlot.page = page;
+  page.setDefaultTimeout(10_000);
+  page.on('console', (m) => console.error(`[page ${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => console.error(`[page error] ${e.message}`));
+
+  const cameras = await api('/api/cameras');
+  const names = cameras.map((c) => c.name);
+  const widthOf = Object.fromEntries(cameras.map((c) => [c.name, c.width]));
+
+  await check('page_loads_one_tile_per_camera', async () => {
+    await page.goto(base + '/', { waitUntil: 'load', timeout: 15_000 });
+    const tiles = await waitFor('a tile per camera', 10_000, async () => {
+      const t = await page.$$eval('section.tile', (els) => els.map((e) => e.dataset.camera));
+      return t.length === names.length && t;
+    });
+    if (JSON.stringify(tiles) !== JSON.stringify(names)) throw new Error(`tiles ${tiles} != cameras ${names}`);
+    const states = await waitFor('tiles streaming', 10_000, async () => {
+      const s = await page.$$eval('section.tile', (els) => els.map((e) => e.dataset.state));
+      return s.every((x) => x === 'streaming') && s;
+    });
+    return { tiles, states };
+  });
+
+  await check('every_tile_plays', async () => {
+    const played = await Promise.all(names.map((n) => assertPlays(page, n, 'raw', widthOf[n])));
+    const viewers = await Promise.all(names.map((n) => assertViewers(n, { raw: 1, annotated: 0 })));
+    if (played.some((p) => !/\d+ fps/.test(p.stats) || !/\d+ kbit\/s/.test(p.stats))) {
+      throw new Error(`stats line lacks figures: ${played.map((p) => p.stats).join(' | ')}`);
+    }
+    return { played, viewers };
+  });
+
+  await check('labels_match_api', async () => {
+    const results = [];
+    for (const camera of names) {
+      const shown = await waitFor(`a label on ${camera}`, 10_000, async () => {
+        const i = await tileInfo(page, camera);
+        return i.label && i;
+      });
+      const history = await api(`/api/labels/${encodeURIComponent(camera)}?limit=20`);
+      const match = history.find((l) => l.label === shown.label && Math.abs(l.score - shown.score) < 1e-6);
+      if (!match) {
+        throw new Error(`${camera}: page shows ${shown.label} ${shown.score}, not among the last 20 labels: ` +
+          history.map((l) => `${l.label} ${l.score}`).join(', '));
+      }
+      // Live: the SSE stream keeps changing the shown score (labels come ~5/s).
+      const changed = await waitFor(`${camera}'s label to update`, 5000, async () => {
+        const i = await tileInfo(page, camera);
+        return (i.score !== shown.score || i.label !== shown.label) && i;
+      });
+      results.push({ camera, label: shown.label, score: shown.score, then: `${changed.label} ${changed.score}` });
+    }
+    return { results };
+  });
+
+  const first = names[0];
+  await page.evaluate(() => { window.__e2eNoReload = 'still here'; });
+  await check('switch_to_annotated', () => switchTrack(page, first, 'annotated', widthOf[first]));
+
+  await check('screenshot', async () => {
+    const path = join(artifactDir, 'viewer.png');
+    await page.screenshot({ path, fullPage: true, timeout: 10_000 });
+    emit({ event: 'screenshot', path });
+    return { path };
+  });
+
+  await check('switch_back_to_raw', () => switchTrack(page, first, 'raw', widthOf[first]));
+
+  await check('recovers_after_camera_restart', async () => {
+    const before = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await tileInfo(page, n)])));
+    emit({ event: 'ready_for_restart' });
+    // Watch the tiles while the Rust side kills the camera server and starts it again.
+    const seen = {};
+    for (const n of names) seen[n] = { states: new Set(), notices: new Set(), videos: new Set() };
+    const restarted = nextStdinLine(60_000);
+    let done = false;
+    restarted.finally(() => { done = true; }).catch(() => {});
+    const watch = (async () => {
+      let shot = false;
+      while (!done) {
+        for (const n of names) {
+          const i = await tileInfo(page, n);
+          seen[n].states.add(i.state);
+          seen[n].videos.add(i.video);
+          if (i.notice) seen[n].notices.add(i.notice);
+          if (i.notice && !shot) {
+            shot = true;
+            const path = join(artifactDir, 'viewer-camera-down.png');
+            await page.screenshot({ path, fullPage: true, timeout: 10_000 });
+            emit({ event: 'screenshot', path });
+          }
+        }
+        await sleep(200);
+      }
+    })();
+    const line = await restarted;
+    await watch;
+    if (line !== 'restarted') throw new Error(`unexpected line on stdin: ${line}`);
+    const restartedAt = Date.now();
+    const resumed = await Promise.all(names.map(async (n) => {
+      const ok = await waitFor(`${n} to play again`, 30_000, async () => {
+        const a = await tileInfo(page, n);
+        await sleep(1000);
+        const b = await tileInfo(page, n);
+        return b.state === 'streaming' && b.video === 'playing' && b.notice == null && b.frames > a.frames && b;
+      });
+      const states = [...seen[n].states];
+      const notices = [...seen[n].notices];
+      if (states.every((s) => s === 'streaming') || notices.length === 0) {
+        throw new Error(`${n}: the tile never showed the camera down (states ${states}, notices ${notices})`);
+      }
+      return {
+        camera: n,
+        resumed_after_ms: Date.now() - restartedAt,
+        states_seen: states,
+        notice: notices[0],
+        video_phases_seen: [...seen[n].videos],
+        video_reconnects: ok.retries - before[n].retries,
+        frames_before: before[n].frames,
+        frames_now: ok.frames,
+      };
+    }));
+    return { resumed };
+  });
+
+  await check('sessions_deleted_on_pagehide', async () => {
+    // The handler the browser runs when the page is left. (Requests sent while a page
+    // really unloads are invisible to Playwright, so the event is dispatched here.)
+    const before = deletes.length;
+    await page.evaluate(() => dispatchEvent(new PageTransitionEvent('pagehide', { persisted: false })));
+    const left = await Promise.all(names.map((n) => assertViewers(n, { raw: 0, annotated: 0 })));
+    const sent = await waitFor('a DELETE per tile, answered', 5000, () => {
+      const paths = deletes.slice(before);
+      return names.every((n) => paths.some((p) => p.startsWith(`/whep/${n}/`) && deleteStatuses.get(p) < 300)) && paths;
+    });
+    return { viewers: left, deletes: sent.map((p) => `${p} → ${deleteStatuses.get(p)}`) };
+  });
+}
+
+const slot = {};
+const watchdog = setTimeout(() => {
+  emit({ event: 'check', name: 'run_timeout', ok: false, error: `e2e.mjs ran past ${RUN_TIMEOUT_MS} ms` });
+  process.exit(1);
+}, RUN_TIMEOUT_MS);
+let code = 0;
+try {
+  await run(slot);
+} catch (e) {
+  code = 1;
+  console.error(e?.stack ?? e);
+  if (slot.page && !slot.page.isClosed()) {
+    const path = join(artifactDir, 'failure.png');
+    const shot = slot.page.screenshot({ path, fullPage: true, timeout: 5000 });
+    await shot.then(() => emit({ event: 'screenshot', path }), () => {});
+  }
+} finally {
+  await slot.browser?.close().catch(() => {});
+  if (slot.profile) await rm(slot.profile, { recursive: true, force: true });
+  clearTimeout(watchdog);
+}
+emit({ event: 'done', ok: code === 0 });
+process.exit(code);
