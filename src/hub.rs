@@ -13,6 +13,9 @@ use crate::media::AccessUnit;
 
 /// Access units buffered per subscriber before it starts losing them.
 const CHANNEL_CAPACITY: usize = 256;
+/// A subscriber this many access units behind (about 1 s of video) skips to the
+/// next keyframe: a live viewer wants the present, not a growing delay.
+pub const MAX_BACKLOG_ACCESS_UNITS: usize = 25;
 /// Largest cached GOP; a longer one stops being cached until the next keyframe.
 const MAX_GOP_ACCESS_UNITS: usize = 600;
 const MAX_GOP_BYTES: usize = 32 << 20;
@@ -72,12 +75,18 @@ pub struct Subscription {
 
 impl Subscription {
     /// The next access unit to forward, resynchronising at a keyframe after
-    /// falling behind. `None` once the track is gone.
+    /// falling [`MAX_BACKLOG_ACCESS_UNITS`] behind. `None` once the track is gone.
     pub async fn next(&mut self) -> Option<AccessUnit> {
         loop {
             match self.rx.recv().await {
                 Ok(au) => {
+                    if self.rx.len() >= MAX_BACKLOG_ACCESS_UNITS {
+                        self.lost += 1;
+                        self.resync = true;
+                        continue;
+                    }
                     if self.resync && !au.keyframe {
+                        self.lost += 1;
                         continue;
                     }
                     self.resync = false;
@@ -241,6 +250,21 @@ mod tests {
         t.publish(au(1001, false));
         assert_eq!(fresh.gop.len(), 1);
         assert_eq!(fresh.next().await.map(|a| a.pts_90k / 3600), Some(1001));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_a_second_behind_skips_to_the_next_keyframe() {
+        let t = Track::new();
+        t.publish(au(0, true));
+        let mut s = t.subscribe();
+        // 40 access units queued (1.6 s at 25 fps), keyframes at 0 and 30.
+        for n in 1..=40 {
+            t.publish(au(n, n == 30));
+        }
+        let next = s.next().await.expect("subscribed");
+        assert_eq!(next.pts_90k / 3600, 30, "skipped to the keyframe once the backlog was under 1 s");
+        assert_eq!(s.lost, 29);
+        assert_eq!(s.next().await.map(|a| a.pts_90k / 3600), Some(31));
     }
 
     #[test]
