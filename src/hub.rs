@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -16,6 +17,9 @@ const CHANNEL_CAPACITY: usize = 256;
 /// A subscriber this many access units behind (about 1 s of video) skips to the
 /// next keyframe: a live viewer wants the present, not a growing delay.
 pub const MAX_BACKLOG_ACCESS_UNITS: usize = 25;
+/// Keyframe requests are granted at most this often per track, however many
+/// viewers send PLIs: each forced IDR costs every viewer bitrate.
+pub const MIN_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// Largest cached GOP; a longer one stops being cached until the next keyframe.
 const MAX_GOP_ACCESS_UNITS: usize = 600;
 const MAX_GOP_BYTES: usize = 32 << 20;
@@ -60,6 +64,8 @@ pub struct Track {
     tx: broadcast::Sender<AccessUnit>,
     gop: Mutex<Gop>,
     keyframe_requested: AtomicBool,
+    /// When the producer last took a keyframe request.
+    keyframe_granted_at: Mutex<Option<Instant>>,
 }
 
 /// What a new subscriber gets: the cached GOP (starting at a keyframe, possibly
@@ -114,6 +120,7 @@ impl Track {
             tx: broadcast::channel(CHANNEL_CAPACITY).0,
             gop: Mutex::default(),
             keyframe_requested: AtomicBool::new(false),
+            keyframe_granted_at: Mutex::new(None),
         }
     }
 
@@ -165,8 +172,18 @@ impl Track {
         self.keyframe_requested.store(true, Ordering::Relaxed);
     }
 
-    /// Takes a pending keyframe request (producer side).
+    /// Takes a pending keyframe request (producer side, once per frame). A
+    /// request within [`MIN_KEYFRAME_INTERVAL`] of the last granted one stays
+    /// pending until that interval has passed.
     pub fn take_keyframe_request(&self) -> bool {
+        if !self.keyframe_requested.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut granted_at = self.keyframe_granted_at.lock().expect("hub lock is never poisoned");
+        if granted_at.is_some_and(|t| t.elapsed() < MIN_KEYFRAME_INTERVAL) {
+            return false;
+        }
+        *granted_at = Some(Instant::now());
         self.keyframe_requested.swap(false, Ordering::Relaxed)
     }
 }
@@ -265,6 +282,23 @@ mod tests {
         assert_eq!(next.pts_90k / 3600, 30, "skipped to the keyframe once the backlog was under 1 s");
         assert_eq!(s.lost, 29);
         assert_eq!(s.next().await.map(|a| a.pts_90k / 3600), Some(31));
+    }
+
+    #[test]
+    fn keyframe_requests_are_granted_at_most_every_500_ms() {
+        let t = Track::new();
+        assert!(!t.take_keyframe_request(), "nothing requested");
+        t.request_keyframe();
+        assert!(t.take_keyframe_request());
+        assert!(!t.take_keyframe_request(), "taken");
+        // A storm of PLIs from many viewers right after: held back, not lost.
+        for _ in 0..100 {
+            t.request_keyframe();
+        }
+        assert!(!t.take_keyframe_request(), "within 500 ms of the last IDR");
+        std::thread::sleep(MIN_KEYFRAME_INTERVAL);
+        assert!(t.take_keyframe_request(), "granted once the interval passed");
+        assert!(!t.take_keyframe_request(), "one IDR for the whole storm");
     }
 
     #[test]
