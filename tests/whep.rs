@@ -424,8 +424,12 @@ fn webrtc_config_pins_ports_and_advertises_public_ips() {
     rt.block_on(viewer.apply_answer(&answer));
     assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects; log:\n{}", app.log());
 
-    let (_second, answer2) = post_offer(&app, &viewer, "/whep/door/raw");
-    let ports2 = candidate_ports(&answer2, "127.0.0.1");
+    // Any WHEP player learns the STUN/TURN servers from the answer's Link headers.
+    let second = whep_client::post(&app.base, "/whep/door/raw", "application/sdp", &viewer.offer_sdp);
+    assert_eq!(second.status, 201, "{}", second.body);
+    let links: Vec<&str> = second.headers.iter().filter(|(k, _)| k == "link").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(links, ["<stun:stun.example.org:3478>; rel=\"ice-server\""], "{:?}", second.headers);
+    let ports2 = candidate_ports(&second.body, "127.0.0.1");
     assert!(ports2.iter().all(|p| (50000..=50001).contains(p) && !ports.contains(p)), "{ports:?} {ports2:?}");
     // The range is used up: a clear error, and the sessions keep going.
     let r = whep_client::post(&app.base, "/whep/door/raw", "application/sdp", &viewer.offer_sdp);

@@ -1,6 +1,7 @@
 //! WHEP (RFC 9725): `POST /whep/{camera}/{raw|annotated}` with an SDP offer
 //! creates a viewer session (201, `Location`, SDP answer); `DELETE` on the
-//! `Location` ends it; `OPTIONS` answers CORS preflights.
+//! `Location` ends it; `OPTIONS` answers CORS preflights. The configured STUN/TURN
+//! servers go out as `Link: rel="ice-server"` headers with each answer.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -32,7 +33,7 @@ fn cors(headers: &mut HeaderMap) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, DELETE, OPTIONS"));
     headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("content-type"));
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("location, etag"));
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("location, etag, link"));
 }
 
 fn sfu_error(e: SfuError) -> ApiError {
@@ -100,8 +101,35 @@ async fn create_inner(
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", session.id)) {
         h.insert(header::ETAG, v);
     }
+    for link in ice_server_links(&state.ice_servers) {
+        h.append(header::LINK, link);
+    }
     cors(h);
     Ok(r)
+}
+
+/// `[webrtc] ice_servers` as `Link: <url>; rel="ice-server"` headers (WHIP/WHEP
+/// §4.4), so any WHEP player, not only our page, learns the STUN/TURN servers.
+fn ice_server_links(servers: &[crate::config::IceServer]) -> Vec<HeaderValue> {
+    let quote = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut links = Vec::new();
+    for server in servers {
+        for url in &server.urls {
+            let mut link = format!("<{url}>; rel=\"ice-server\"");
+            if let (Some(user), Some(credential)) = (&server.username, &server.credential) {
+                link += &format!(
+                    "; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                    quote(user),
+                    quote(credential)
+                );
+            }
+            match HeaderValue::from_str(&link) {
+                Ok(v) => links.push(v),
+                Err(_) => tracing::warn!("ICE server URL {url:?} cannot go into a Link header"),
+            }
+        }
+    }
+    links
 }
 
 async fn delete(
@@ -120,5 +148,33 @@ async fn delete(
             r
         }
         Err(e) => with_cors(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IceServer;
+
+    #[test]
+    fn ice_servers_become_link_headers_with_turn_credentials() {
+        let servers = [
+            IceServer { urls: vec!["stun:s.example.org".into()], username: None, credential: None },
+            IceServer {
+                urls: vec!["turn:t.example.org?transport=udp".into()],
+                username: Some("u".into()),
+                credential: Some("p\"w".into()),
+            },
+        ];
+        let links: Vec<String> =
+            ice_server_links(&servers).iter().map(|v| v.to_str().expect("ASCII").to_owned()).collect();
+        assert_eq!(
+            links,
+            [
+                "<stun:s.example.org>; rel=\"ice-server\"",
+                "<turn:t.example.org?transport=udp>; rel=\"ice-server\"; username=\"u\"; credential=\"p\\\"w\"; \
+                 credential-type=\"password\"",
+            ]
+        );
     }
 }
