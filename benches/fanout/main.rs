@@ -31,16 +31,6 @@ use std::time::{Duration, Instant};
 use common::rtsp::{self, RtspServer};
 use common::service::Infercast;
 use common::whep_client;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use tokio::sync::watch;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
-    register_default_interceptors,
-};
 
 const CAMERA: &str = "cam";
 const SOURCE_FPS: f64 = 25.0;

@@ -44,10 +44,13 @@ pub enum Offer {
     Vp8Only,
 }
 
+/// Called with every RTP packet a viewer receives.
+pub type RtpSink = Arc<dyn Fn(&rtc::rtp::Packet) + Send + Sync>;
+
 struct Events {
     gathered: watch::Sender<bool>,
     state: watch::Sender<RTCPeerConnectionState>,
-    packets: Arc<Mutex<Vec<RtpSeen>>>,
+    sink: RtpSink,
     track: Arc<Mutex<Option<Arc<dyn TrackRemote>>>>,
 }
 
@@ -64,19 +67,12 @@ impl PeerConnectionEventHandler for Events {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let packets = self.packets.clone();
+        let sink = self.sink.clone();
         *self.track.lock().unwrap() = Some(track.clone());
         tokio::spawn(async move {
             while let Some(evt) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(p) = evt {
-                    packets.lock().unwrap().push(RtpSeen {
-                        payload_type: p.header.payload_type,
-                        sequence_number: p.header.sequence_number,
-                        timestamp: p.header.timestamp,
-                        marker: p.header.marker,
-                        nal_types: infercast::sfu::payload_nal_types(&p.payload),
-                        payload_hash: hash(&p.payload),
-                    });
+                    sink(&p);
                 }
             }
         });
@@ -106,8 +102,27 @@ fn codec(mime: &str, pt: u8, fmtp: &str) -> RTCRtpCodecParameters {
 
 impl Viewer {
     /// A peer connection on 127.0.0.1 with a recvonly video transceiver and its
-    /// complete offer (candidates included).
+    /// complete offer (candidates included); keeps what it sees of every packet
+    /// (`packets()`).
     pub async fn new(offer: Offer) -> Viewer {
+        let packets = Arc::new(Mutex::new(Vec::new()));
+        let seen = packets.clone();
+        let sink: RtpSink = Arc::new(move |p: &rtc::rtp::Packet| {
+            seen.lock().unwrap().push(RtpSeen {
+                payload_type: p.header.payload_type,
+                sequence_number: p.header.sequence_number,
+                timestamp: p.header.timestamp,
+                marker: p.header.marker,
+                nal_types: infercast::sfu::payload_nal_types(&p.payload),
+                payload_hash: hash(&p.payload),
+            });
+        });
+        Viewer { packets, ..Viewer::with_sink(offer, sink).await }
+    }
+
+    /// Like [`Viewer::new`], handing every received packet to `sink` instead of
+    /// keeping it (`packets()` stays empty).
+    pub async fn with_sink(offer: Offer, sink: RtpSink) -> Viewer {
         let mut media_engine = MediaEngine::default();
         let codecs = match offer {
             Offer::H264 => vec![
@@ -129,10 +144,8 @@ impl Viewer {
             .build();
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
-        let packets = Arc::new(Mutex::new(Vec::new()));
         let track = Arc::new(Mutex::new(None));
-        let events =
-            Arc::new(Events { gathered: gathered_tx, state: state_tx, packets: packets.clone(), track: track.clone() });
+        let events = Arc::new(Events { gathered: gathered_tx, state: state_tx, sink, track: track.clone() });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media_engine)
@@ -157,7 +170,7 @@ impl Viewer {
             .expect("ICE gathering completes")
             .expect("handler alive");
         let offer_sdp = pc.local_description().await.expect("local description").sdp;
-        Viewer { pc, offer_sdp, state: state_rx, packets, track }
+        Viewer { pc, offer_sdp, state: state_rx, packets: Arc::default(), track }
     }
 
     pub async fn apply_answer(&self, answer_sdp: &str) {
