@@ -8,6 +8,7 @@
 //! access units (the hub's broadcast drops them) and resumes at a keyframe.
 
 mod candidates;
+mod metrics;
 mod offer;
 mod packetize;
 mod ports;
@@ -18,7 +19,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
 use rtc::interceptor::Slot;
@@ -37,6 +37,7 @@ use webrtc::peer_connection::{
     RTCIceGatheringState, RTCPeerConnectionState, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
+use self::metrics::{SessionMetrics, SfuMetrics};
 pub use self::offer::{ChosenCodec, check_offer};
 pub use self::packetize::{DEFAULT_MAX_PAYLOAD, packetize_h264, payload_nal_types};
 use crate::codec::annexb::{nal_type, nal_units, profile_level_id};
@@ -100,105 +101,6 @@ impl From<&crate::config::WebRtcConfig> for SfuConfig {
             gather_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(30),
             disconnected_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct SfuMetrics {
-    viewers: IntGaugeVec,
-    created: IntCounterVec,
-    ended: IntCounterVec,
-    packets_sent: IntCounterVec,
-    bytes_sent: IntCounterVec,
-    keyframe_requests: IntCounterVec,
-    nacks: IntCounterVec,
-    send_latency: HistogramVec,
-}
-
-/// Access unit received → RTP handed to the connection, seconds: 50 µs … 0.5 s.
-const SEND_LATENCY_BUCKETS: &[f64] =
-    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5];
-
-impl SfuMetrics {
-    fn register(registry: &prometheus::Registry) -> Option<SfuMetrics> {
-        let labels = &["camera", "track"];
-        let counter = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), labels).ok();
-        let m = SfuMetrics {
-            viewers: IntGaugeVec::new(
-                Opts::new("webrtc_viewers", "WebRTC viewer sessions per camera and track"),
-                labels,
-            )
-            .ok()?,
-            created: counter("webrtc_sessions_created_total", "WHEP sessions created")?,
-            ended: counter("webrtc_sessions_ended_total", "WHEP sessions ended")?,
-            packets_sent: counter("webrtc_packets_sent_total", "RTP packets sent to viewers")?,
-            bytes_sent: counter("webrtc_bytes_sent_total", "RTP payload bytes sent to viewers")?,
-            keyframe_requests: counter("webrtc_plis_total", "Keyframe requests (RTCP PLI or FIR) from viewers")?,
-            nacks: counter("webrtc_nacks_total", "RTCP NACK packets (retransmission requests) from viewers")?,
-            send_latency: HistogramVec::new(
-                HistogramOpts::new(
-                    "webrtc_send_latency_seconds",
-                    "Live access unit received from the camera (raw) or encoder (annotated: from the camera \
-                     access unit it was made from) to its last RTP packet handed to the viewer's connection",
-                )
-                .buckets(SEND_LATENCY_BUCKETS.to_vec()),
-                &["track"],
-            )
-            .ok()?,
-        };
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
-            Box::new(m.viewers.clone()),
-            Box::new(m.created.clone()),
-            Box::new(m.ended.clone()),
-            Box::new(m.packets_sent.clone()),
-            Box::new(m.bytes_sent.clone()),
-            Box::new(m.keyframe_requests.clone()),
-            Box::new(m.nacks.clone()),
-            Box::new(m.send_latency.clone()),
-        ];
-        for c in collectors {
-            if let Err(e) = registry.register(c) {
-                tracing::warn!("SFU metrics not registered: {e}");
-                return None;
-            }
-        }
-        Some(m)
-    }
-
-    fn session(&self, camera: &str, kind: TrackKind) -> SessionMetrics {
-        let labels = [camera, kind.as_str()];
-        SessionMetrics {
-            packets_sent: self.packets_sent.with_label_values(&labels),
-            bytes_sent: self.bytes_sent.with_label_values(&labels),
-            keyframe_requests: self.keyframe_requests.with_label_values(&labels),
-            nacks: self.nacks.with_label_values(&labels),
-            send_latency: self.send_latency.with_label_values(&[kind.as_str()]),
-        }
-    }
-}
-
-/// One session's metric handles (resolved once, not per packet).
-#[derive(Clone)]
-struct SessionMetrics {
-    packets_sent: IntCounter,
-    bytes_sent: IntCounter,
-    keyframe_requests: IntCounter,
-    nacks: IntCounter,
-    send_latency: Histogram,
-}
-
-impl SessionMetrics {
-    /// Handles registered nowhere: for an SFU made without a registry.
-    fn unregistered() -> SessionMetrics {
-        let counter = || IntCounter::new("unregistered", "unregistered").expect("constant name is valid");
-        SessionMetrics {
-            packets_sent: counter(),
-            bytes_sent: counter(),
-            keyframe_requests: counter(),
-            nacks: counter(),
-            send_latency: Histogram::with_opts(HistogramOpts::new("unregistered", "unregistered"))
-                .expect("constant name is valid"),
         }
     }
 }

@@ -1,0 +1,106 @@
+//! The SFU's Prometheus metrics: viewers, sessions, packets, bytes, PLIs and
+//! NACKs per camera × track, and the send latency per track; one set of
+//! pre-resolved handles per session so nothing is looked up per packet.
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
+
+use crate::hub::TrackKind;
+
+#[derive(Clone)]
+pub(super) struct SfuMetrics {
+    pub viewers: IntGaugeVec,
+    pub created: IntCounterVec,
+    pub ended: IntCounterVec,
+    packets_sent: IntCounterVec,
+    bytes_sent: IntCounterVec,
+    keyframe_requests: IntCounterVec,
+    nacks: IntCounterVec,
+    send_latency: HistogramVec,
+}
+
+/// Access unit received → RTP handed to the connection, seconds: 50 µs … 0.5 s.
+const SEND_LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5];
+
+impl SfuMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Option<SfuMetrics> {
+        let labels = &["camera", "track"];
+        let counter = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), labels).ok();
+        let m = SfuMetrics {
+            viewers: IntGaugeVec::new(
+                Opts::new("webrtc_viewers", "WebRTC viewer sessions per camera and track"),
+                labels,
+            )
+            .ok()?,
+            created: counter("webrtc_sessions_created_total", "WHEP sessions created")?,
+            ended: counter("webrtc_sessions_ended_total", "WHEP sessions ended")?,
+            packets_sent: counter("webrtc_packets_sent_total", "RTP packets sent to viewers")?,
+            bytes_sent: counter("webrtc_bytes_sent_total", "RTP payload bytes sent to viewers")?,
+            keyframe_requests: counter("webrtc_plis_total", "Keyframe requests (RTCP PLI or FIR) from viewers")?,
+            nacks: counter("webrtc_nacks_total", "RTCP NACK packets (retransmission requests) from viewers")?,
+            send_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "webrtc_send_latency_seconds",
+                    "Live access unit received from the camera (raw) or encoder (annotated: from the camera \
+                     access unit it was made from) to its last RTP packet handed to the viewer's connection",
+                )
+                .buckets(SEND_LATENCY_BUCKETS.to_vec()),
+                &["track"],
+            )
+            .ok()?,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+            Box::new(m.viewers.clone()),
+            Box::new(m.created.clone()),
+            Box::new(m.ended.clone()),
+            Box::new(m.packets_sent.clone()),
+            Box::new(m.bytes_sent.clone()),
+            Box::new(m.keyframe_requests.clone()),
+            Box::new(m.nacks.clone()),
+            Box::new(m.send_latency.clone()),
+        ];
+        for c in collectors {
+            if let Err(e) = registry.register(c) {
+                tracing::warn!("SFU metrics not registered: {e}");
+                return None;
+            }
+        }
+        Some(m)
+    }
+
+    pub fn session(&self, camera: &str, kind: TrackKind) -> SessionMetrics {
+        let labels = [camera, kind.as_str()];
+        SessionMetrics {
+            packets_sent: self.packets_sent.with_label_values(&labels),
+            bytes_sent: self.bytes_sent.with_label_values(&labels),
+            keyframe_requests: self.keyframe_requests.with_label_values(&labels),
+            nacks: self.nacks.with_label_values(&labels),
+            send_latency: self.send_latency.with_label_values(&[kind.as_str()]),
+        }
+    }
+}
+
+/// One session's metric handles (resolved once, not per packet).
+#[derive(Clone)]
+pub(super) struct SessionMetrics {
+    pub packets_sent: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub keyframe_requests: IntCounter,
+    pub nacks: IntCounter,
+    pub send_latency: Histogram,
+}
+
+impl SessionMetrics {
+    /// Handles registered nowhere: for an SFU made without a registry.
+    pub fn unregistered() -> SessionMetrics {
+        let counter = || IntCounter::new("unregistered", "unregistered").expect("constant name is valid");
+        SessionMetrics {
+            packets_sent: counter(),
+            bytes_sent: counter(),
+            keyframe_requests: counter(),
+            nacks: counter(),
+            send_latency: Histogram::with_opts(HistogramOpts::new("unregistered", "unregistered"))
+                .expect("constant name is valid"),
+        }
+    }
+}
