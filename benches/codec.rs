@@ -21,7 +21,9 @@ use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use infercast::codec::annexb::{self, START_CODE, nal_type};
 use infercast::codec::decode::Decoder;
 use infercast::codec::encode::{Encoder, EncoderConfig};
-use infercast::media::{AccessUnit, VideoFrame};
+use infercast::codec::ffmpeg::FfmpegDecoder;
+use infercast::codec::x264::X264Encoder;
+use infercast::media::{AccessUnit, VideoCodec, VideoFrame};
 
 const FRAMES: u32 = 50;
 const FPS: f32 = 25.0;
@@ -129,10 +131,69 @@ fn bench<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
                 aus.iter().filter_map(|au| dec.decode(au).expect("the demo clip decodes")).collect();
             bench_decode(&mut group, "bikes_1280x720", &aus);
             bench_encode(&mut group, "bikes_1280x720_2000kbps", &frames, 2_000_000);
+            bench_x264(&mut group, "bikes_1280x720_2000kbps", &frames, 2_000_000);
+            let half: Vec<VideoFrame> = frames.iter().map(|f| f.downscaled(640, 360)).collect();
+            bench_encode(&mut group, "bikes_640x360_1000kbps", &half, 1_000_000);
+            bench_x264(&mut group, "bikes_640x360_1000kbps", &half, 1_000_000);
+            group.bench_function("downscale_half_1280x720", |b| b.iter(|| frames[7].downscaled(640, 360)));
         }
         Err(e) => eprintln!("{clip}: {e}; real-content benches skipped"),
     }
+    // Camera-like streams (scripts/make-clips): openh264 against libavcodec.
+    for name in ["bikes-1280x720-main", "bikes-1280x720-high", "bikes-1920x1080-main"] {
+        let clip = format!("{}/assets/demo/{name}.h264", env!("CARGO_MANIFEST_DIR"));
+        match std::fs::read(&clip) {
+            Ok(data) => {
+                let aus = clip_access_units(&data);
+                let tag = name.trim_start_matches("bikes-").replace('-', "_");
+                bench_ffmpeg_decode(&mut group, &tag, &aus);
+                if name.ends_with("main") {
+                    bench_decode(&mut group, &tag, &aus);
+                }
+            }
+            Err(e) => eprintln!("{clip}: {e}; run scripts/make-clips"),
+        }
+    }
     group.finish();
+}
+
+/// libavcodec decoding the loop of `aus` (one thread), pictures out as new frames.
+fn bench_ffmpeg_decode<M: Measurement>(group: &mut BenchmarkGroup<'_, M>, name: &str, aus: &[AccessUnit]) {
+    assert!(aus[0].keyframe, "the loop must start at an IDR");
+    let mut dec = FfmpegDecoder::new(VideoCodec::H264).expect("libavcodec decoder");
+    let mut out = Vec::new();
+    let mut next = 0;
+    group.bench_function(format!("ffmpeg_decode_{name}"), |b| {
+        b.iter(|| {
+            let au = &aus[next % aus.len()];
+            next += 1;
+            out.clear();
+            dec.decode(au, false, &mut out).expect("decode");
+        })
+    });
+    // Keyframe-only monitoring: one IDR decoded on its own.
+    let key = aus.iter().find(|a| a.keyframe).expect("an IDR");
+    group.bench_function(format!("ffmpeg_decode_idr_alone_{name}"), |b| {
+        b.iter(|| {
+            out.clear();
+            dec.decode(key, true, &mut out).expect("decode");
+        })
+    });
+}
+
+/// libx264 (`ultrafast`, `zerolatency`) encoding the loop of `frames` with a 2 s GOP.
+fn bench_x264<M: Measurement>(group: &mut BenchmarkGroup<'_, M>, name: &str, frames: &[VideoFrame], bitrate_bps: u32) {
+    for preset in ["ultrafast", "superfast"] {
+        let mut enc = X264Encoder::new(config(frames, bitrate_bps), preset).expect("libx264");
+        let mut next = 0;
+        group.bench_function(format!("x264_{preset}_encode_{name}"), |b| {
+            b.iter(|| {
+                let f = &frames[next % frames.len()];
+                next += 1;
+                enc.encode(f, false).expect("encode")
+            })
+        });
+    }
 }
 
 fn config(frames: &[VideoFrame], bitrate_bps: u32) -> EncoderConfig {

@@ -7,6 +7,39 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
+pub mod scale;
+
+/// The video codecs cameras send that infercast decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum VideoCodec {
+    /// H.264 / AVC, every profile.
+    #[serde(rename = "H.264")]
+    H264,
+    /// H.265 / HEVC (Main profile, 8 bit).
+    #[serde(rename = "H.265")]
+    H265,
+}
+
+impl VideoCodec {
+    /// From the name the field uses (`H.264`, `H.265`), as sources report it.
+    pub fn from_name(name: &str) -> Option<VideoCodec> {
+        match name {
+            "H.264" => Some(VideoCodec::H264),
+            "H.265" => Some(VideoCodec::H265),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for VideoCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VideoCodec::H264 => "H.264",
+            VideoCodec::H265 => "H.265",
+        })
+    }
+}
+
 /// One H.264 access unit (all NAL units of one picture) as received from a
 /// camera or produced by the encoder.
 #[derive(Clone, Debug)]

@@ -44,6 +44,8 @@ pub struct Metrics {
     registry: Registry,
     frames_received: IntCounterVec,
     frames_decoded: IntCounterVec,
+    keyframes_received: IntCounterVec,
+    degraded: IntCounterVec,
     frames_classified: IntCounterVec,
     frames_encoded: IntCounterVec,
     frames_dropped: IntCounterVec,
@@ -83,6 +85,18 @@ impl Metrics {
         Metrics {
             frames_received: counter(&r, "frames_received_total", "Access units received from the camera", cam),
             frames_decoded: counter(&r, "frames_decoded_total", "Frames decoded to I420", cam),
+            keyframes_received: counter(
+                &r,
+                "keyframes_received_total",
+                "Keyframe (IDR/IRAP) access units received",
+                cam,
+            ),
+            degraded: counter(
+                &r,
+                "camera_degraded_total",
+                "Times a streaming camera turned degraded (frames far below the stream's rate, or mostly corrupt)",
+                cam,
+            ),
             frames_classified: counter(&r, "frames_classified_total", "Frames classified", cam),
             frames_encoded: counter(&r, "frames_encoded_total", "Annotated frames encoded", cam),
             frames_dropped: counter(
@@ -123,6 +137,8 @@ impl Metrics {
         CameraMetrics {
             received: self.frames_received.with_label_values(c),
             decoded: self.frames_decoded.with_label_values(c),
+            keyframes_received: self.keyframes_received.with_label_values(c),
+            degraded: self.degraded.with_label_values(c),
             classified: self.frames_classified.with_label_values(c),
             encoded: self.frames_encoded.with_label_values(c),
             reconnects: self.reconnects.with_label_values(c),
@@ -155,6 +171,8 @@ pub struct CameraMetrics {
     camera: String,
     pub received: IntCounter,
     pub decoded: IntCounter,
+    pub keyframes_received: IntCounter,
+    pub degraded: IntCounter,
     pub classified: IntCounter,
     pub encoded: IntCounter,
     pub reconnects: IntCounter,

@@ -5,15 +5,22 @@ Run it with Debian's /usr/bin/python3 (other pythons lack `gi`):
 
   tests/rtsp_server.py --port 0 --mount /cam1=assets/demo/bikes-640x272.h264 \
       [--mount /hd=assets/demo/bikes-1280x720.h264] [--mount /h265=....h265] \
+      [--mount /b=assets/demo/bikes-1280x720-high-bframes.mkv] \
       [--mount /mjpeg=mjpeg] [--auth user:pass [--basic]]
 
 Binds 127.0.0.1 only, prints `READY port=N` once serving, runs until SIGTERM/SIGINT.
 An Annex B .h264/.h265 clip (scripts/make-clips) is split into access units once
 at start-up and replayed forever at 25 fps, without re-encoding: appsrc gets each
-unit with PTS = n × 40 ms (n counts on across loops, so RTP timestamps keep
+unit with PTS = DTS = n × 40 ms (n counts on across loops, so RTP timestamps keep
 rising) and the server's sinks pace it to the clock; after a stall (SIGSTOP) it
 skips ahead to the next keyframe rather than bursting. One shared pipeline per
 mount; RTP over UDP or TCP interleaved; RTCP sender reports; --auth is Digest.
+A .mkv (or .mp4) clip, H.264 or H.265 (e.g. with B-frames), keeps each access
+unit's own PTS and DTS (decode order, PTS != DTS): unit i of loop k goes out with
+PTS/DTS = k × clip duration + its original PTS/DTS (relative to the clip's first
+DTS), so RTP timestamps are presentation times, as from a real camera, and keep
+rising across loops; sending is paced by DTS. Matroska stores no DTS: for a
+constant frame rate it is derived as sorted(PTS)[i] − reorder delay (as ffmpeg does).
 `mjpeg` is a live test pattern (jpegenc), for "unsupported codec" tests.
 """
 import argparse, signal, sys
@@ -25,23 +32,61 @@ except (ImportError, ValueError) as e:  # ValueError: "Namespace ... not availab
     sys.exit(f"{e}: install python3-gi gir1.2-gst-rtsp-server-1.0 (scripts/setup), run with /usr/bin/python3")
 
 FRAME = Gst.SECOND // 25  # every clip is 25 fps (scripts/make-clips)
+valid = lambda t: t != Gst.CLOCK_TIME_NONE  # GST_CLOCK_TIME_IS_VALID (a macro, not introspected)
 
 
-def load_units(path, codec):
-    """The clip's access units as GstBuffers (keyframes lack DELTA_UNIT), via <codec>parse → appsink."""
-    pipe = Gst.parse_launch(f"filesrc name=file ! {codec}parse ! video/x-{codec},stream-format=byte-stream,"
-                            "alignment=au ! appsink name=out sync=false")
+def pull_units(path, launch, first_only=False):
+    """Runs `filesrc name=file ! <launch> ! appsink name=out` to EOS (or its first sample):
+    (GstBuffers, caps of the first, error message or None)."""
+    pipe = Gst.parse_launch(f"filesrc name=file ! {launch} ! appsink name=out sync=false")
     pipe.get_by_name("file").set_property("location", path)
-    sink, units = pipe.get_by_name("out"), []
+    sink, units, caps = pipe.get_by_name("out"), [], None
     pipe.set_state(Gst.State.PLAYING)
     while (sample := sink.emit("try-pull-sample", 5 * Gst.SECOND)) is not None:  # None at EOS or error
         units.append(sample.get_buffer())
+        caps = caps or sample.get_caps()
+        if first_only:
+            break
     error = pipe.get_bus().pop_filtered(Gst.MessageType.ERROR)
     pipe.set_state(Gst.State.NULL)
+    return units, caps, error.parse_error()[0].message if error else None
+
+
+def check_units(path, codec, units, error):
     if error or not units or units[0].has_flags(Gst.BufferFlags.DELTA_UNIT):
-        reason = error.parse_error()[0].message if error else "no access units starting with a keyframe"
-        sys.exit(f"{path}: {reason} ({codec}); run scripts/make-clips")
-    return units
+        sys.exit(f"{path}: {error or 'no access units starting with a keyframe'} ({codec}); run scripts/make-clips")
+
+
+def load_units(path, codec):
+    """An Annex B clip's access units as GstBuffers (keyframes lack DELTA_UNIT), via <codec>parse → appsink,
+    with their timestamps in the clip: PTS = DTS = i × 40 ms."""
+    units, _, error = pull_units(path, f"{codec}parse ! video/x-{codec},stream-format=byte-stream,alignment=au")
+    check_units(path, codec, units, error)
+    return units, [i * FRAME for i in range(len(units))], [i * FRAME for i in range(len(units))]
+
+
+def load_container(path):
+    """A .mkv/.mp4 clip's H.264 or H.265 access units, converted to Annex B with parameter sets before every
+    keyframe: (codec, units, PTS list, DTS list) in decode order, timestamps relative to the first DTS."""
+    demux = "qtdemux" if path.lower().endswith((".mp4", ".mov")) else "matroskademux"
+    _, caps, error = pull_units(path, f"{demux} ! video/x-h264;video/x-h265", first_only=True)
+    codec = caps and caps.get_structure(0).get_name().removeprefix("video/x-")
+    if codec not in ("h264", "h265"):
+        sys.exit(f"{path}: {error or 'no video track'} ({demux}: want an H.264 or H.265 video track)")
+    units, _, error = pull_units(path, f"{demux} ! {codec}parse config-interval=-1 ! "
+                                       f"video/x-{codec},stream-format=byte-stream,alignment=au")
+    check_units(path, f"{demux} ! {codec}parse", units, error)
+    if any(not valid(b.pts) for b in units):
+        sys.exit(f"{path}: access units without a PTS")
+    pts = [b.pts for b in units]
+    if all(valid(b.dts) for b in units):
+        dts = [b.dts for b in units]
+    else:  # Matroska keeps only PTS: decode times are the sorted PTS, delayed so that none is after its PTS
+        order = sorted(pts)
+        delay = max(max(o - p for o, p in zip(order, pts)), 0)
+        dts = [o - delay for o in order]
+    zero = min(dts)
+    return codec, units, [p - zero for p in pts], [d - zero for d in dts]
 
 
 class ClipFactory(GstRtspServer.RTSPMediaFactory):
@@ -49,7 +94,13 @@ class ClipFactory(GstRtspServer.RTSPMediaFactory):
 
     def __init__(self, path, codec):
         super().__init__(shared=True)
-        self.units = load_units(path, codec)
+        if codec == "container":
+            codec, self.units, self.pts, self.dts = load_container(path)
+            last = self.units[-1].duration if valid(self.units[-1].duration) else FRAME
+            self.length = max(max(self.pts) - min(self.pts) + last, len(self.units) * FRAME)  # one loop
+        else:
+            self.units, self.pts, self.dts = load_units(path, codec)
+            self.length = len(self.units) * FRAME
         self.set_launch(f"( appsrc name=src format=time stream-type=stream caps=video/x-{codec},"
                         f"stream-format=byte-stream,alignment=au,framerate=25/1 ! {codec}parse ! "
                         f"rtp{codec}pay name=pay0 pt=96 config-interval=-1 )")
@@ -57,17 +108,21 @@ class ClipFactory(GstRtspServer.RTSPMediaFactory):
 
     def configure(self, _factory, media):
         src, n = media.get_element().get_by_name("src"), [0]
+        count = len(self.units)
+        # unit n (counting on across loops) is sent at DTS `dts(n)`; its RTP timestamp is from its PTS
+        dts = lambda k: k // count * self.length + self.dts[k % count]
 
         def need_data(appsrc, _length):
             clock, units = appsrc.get_clock(), self.units
             if clock and appsrc.current_state == Gst.State.PLAYING:
-                late = clock.get_time() - appsrc.get_base_time() - n[0] * FRAME
+                late = clock.get_time() - appsrc.get_base_time() - dts(n[0])
                 if late > Gst.SECOND:  # we were stopped (SIGSTOP): skip to the next keyframe, no burst
                     n[0] += late // FRAME
-                    while units[n[0] % len(units)].has_flags(Gst.BufferFlags.DELTA_UNIT):
+                    while units[n[0] % count].has_flags(Gst.BufferFlags.DELTA_UNIT):
                         n[0] += 1
-            buf = units[n[0] % len(units)].copy()  # shares the bytes; new timestamps
-            buf.pts = buf.dts = n[0] * FRAME
+            i, offset = n[0] % count, n[0] // count * self.length
+            buf = units[i].copy()  # shares the bytes; new timestamps
+            buf.pts, buf.dts = offset + self.pts[i], offset + self.dts[i]
             buf.duration = FRAME
             n[0] += 1
             appsrc.emit("push-buffer", buf)
@@ -95,9 +150,10 @@ def main():
             factory.set_launch("( videotestsrc is-live=true ! video/x-raw,format=I420,width=320,height=240,framerate=25/1 ! "
                                "jpegenc quality=70 ! rtpjpegpay name=pay0 pt=26 )")
         else:
-            codec = {"h264": "h264", "h265": "h265", "hevc": "h265"}.get(clip.rsplit(".", 1)[-1])
+            codec = {"h264": "h264", "h265": "h265", "hevc": "h265", "mkv": "container", "mp4": "container",
+                     "mov": "container"}.get(clip.rsplit(".", 1)[-1].lower())
             if codec is None:
-                sys.exit(f"--mount {spec}: want a .h264/.h265 Annex B clip or `mjpeg`")
+                sys.exit(f"--mount {spec}: want a .h264/.h265 Annex B clip, a .mkv/.mp4 clip or `mjpeg`")
             factory = ClipFactory(clip, codec)
         if args.auth:
             factory.add_role_from_structure(Gst.Structure.from_string(

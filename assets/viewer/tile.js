@@ -38,14 +38,25 @@ function since(iso) {
   return `since ${new Date(t).toLocaleTimeString()} (${ago})`;
 }
 
+/**
+ * The track a tile plays unless the user picks one: the camera's own stream,
+ * except for H.265 or B-frame cameras, whose raw stream WebRTC players are not
+ * promised to decode: those get the annotated track (H.264 without B-frames).
+ */
+function defaultTrack(camera) {
+  const rawPlayable = !camera.bframes && (camera.codec == null || camera.codec === 'H.264');
+  return rawPlayable ? 'raw' : 'annotated';
+}
+
 export class Tile {
   #camera;
   #label = null;
   #offline = false;
   #player;
   #parts;
+  #trackChosen = false;
 
-  constructor(camera, { iceServers, track = 'raw' }) {
+  constructor(camera, { iceServers, track }) {
     this.#camera = camera;
     const video = el('video', { autoplay: '', muted: '', playsinline: '' });
     video.muted = true; // the attribute alone does not mute a MediaStream in every browser
@@ -77,12 +88,17 @@ export class Tile {
       el('div', { class: 'screen' }, video, this.#parts.label, this.#parts.notice),
       this.#parts.stats,
     );
-    for (const b of buttons) b.addEventListener('click', () => this.setTrack(b.dataset.trackButton));
+    for (const b of buttons) {
+      b.addEventListener('click', () => {
+        this.#trackChosen = true;
+        this.setTrack(b.dataset.trackButton);
+      });
+    }
 
     const endpointFor = (t) => `/whep/${encodeURIComponent(camera.name)}/${t}`;
     this.#player = new Player(video, { endpointFor, iceServers, onChange: () => this.#renderVideo() });
     this.update(camera);
-    this.setTrack(track);
+    this.setTrack(track ?? defaultTrack(camera));
   }
 
   /** Switches the video to `track` (`raw` or `annotated`) without reloading anything. */
@@ -107,10 +123,17 @@ export class Tile {
   update(camera) {
     this.#camera = camera;
     this.#offline = false;
-    const streaming = camera.state === 'streaming';
+    // `degraded`: pictures still arrive, fewer than the stream carries (the badge says why).
+    const streaming = camera.state === 'streaming' || camera.state === 'degraded';
     this.element.dataset.state = camera.state;
     this.#parts.badge.textContent = camera.state;
     this.#parts.badge.dataset.state = camera.state;
+    this.#parts.badge.title = camera.state === 'degraded' ? (camera.last_error ?? '') : '';
+    const rawPlayable = defaultTrack(camera) === 'raw';
+    const rawButton = this.#parts.buttons.find((b) => b.dataset.trackButton === 'raw');
+    rawButton.disabled = camera.codec != null && camera.codec !== 'H.264';
+    rawButton.title = rawPlayable ? '' : 'the camera sends B-frames or H.265: browsers may not play its own stream';
+    if (!rawPlayable && !this.#trackChosen && this.element.dataset.track === 'raw') this.setTrack('annotated');
     if (camera.width && camera.height) this.#parts.video.style.aspectRatio = `${camera.width} / ${camera.height}`;
     this.#player.setCameraStreaming(streaming);
     this.#renderNotice();
@@ -142,7 +165,7 @@ export class Tile {
     let title = null;
     if (this.#offline) {
       title = 'Server unreachable, retrying…';
-    } else if (camera.state !== 'streaming') {
+    } else if (camera.state !== 'streaming' && camera.state !== 'degraded') {
       title = NOTICES[camera.state] ?? `Camera ${camera.state}`;
     }
     const cameraDown = title != null && !this.#offline;

@@ -154,8 +154,16 @@ async fn index(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let streaming = state.cameras.values().filter(|c| c.status().state == CameraState::Streaming).count();
-    Json(json!({ "status": "ready", "cameras": state.cameras.len(), "cameras_streaming": streaming })).into_response()
+    let states: Vec<CameraState> = state.cameras.values().map(|c| c.status().state).collect();
+    let streaming = states.iter().filter(|&&s| s == CameraState::Streaming).count();
+    let degraded = states.iter().filter(|&&s| s == CameraState::Degraded).count();
+    Json(json!({
+        "status": "ready",
+        "cameras": state.cameras.len(),
+        "cameras_streaming": streaming,
+        "cameras_degraded": degraded,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

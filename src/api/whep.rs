@@ -81,6 +81,16 @@ async fn create_inner(
 ) -> Result<Response, ApiError> {
     let cam = state.camera(camera)?;
     let kind = track_kind(track)?;
+    if kind == TrackKind::Raw && cam.status().codec.as_deref().is_some_and(|c| c != "H.264") {
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "raw_codec_not_forwardable",
+            format!(
+                "camera {camera:?} sends {}; its raw track cannot go to WebRTC players: watch the annotated track (H.264)",
+                cam.status().codec.unwrap_or_default()
+            ),
+        ));
+    }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case(SDP) {

@@ -60,7 +60,7 @@ fn content(data: &[u8]) -> Content {
 fn new_inner() -> Result<H264Decoder, CodecError> {
     let config = DecoderConfig::new().flush_after_decode(Flush::Flush);
     H264Decoder::with_api_config(OpenH264API::from_source(), config)
-        .map_err(|e| CodecError::Init { what: "decoder", reason: openh264_text(&e) })
+        .map_err(|e| CodecError::Init { what: "openh264 decoder", reason: openh264_text(&e) })
 }
 
 impl Decoder {
@@ -169,7 +169,13 @@ fn copy_picture(yuv: &DecodedYUV<'_>, out: &mut VideoFrame) -> Result<(), String
 }
 
 /// Replaces `dst` with `rows` rows of `width` bytes read `stride` apart from `src`.
-fn copy_plane(dst: &mut Vec<u8>, src: &[u8], stride: usize, width: usize, rows: usize) -> Result<(), String> {
+pub(super) fn copy_plane(
+    dst: &mut Vec<u8>,
+    src: &[u8],
+    stride: usize,
+    width: usize,
+    rows: usize,
+) -> Result<(), String> {
     dst.clear();
     if width == 0 || rows == 0 {
         return Err(format!("empty {width}x{rows} picture"));

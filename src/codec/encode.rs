@@ -104,7 +104,7 @@ pub struct Encoder {
 
 fn new_inner(config: &EncoderConfig) -> Result<H264Encoder, CodecError> {
     H264Encoder::with_api_config(OpenH264API::from_source(), config.openh264())
-        .map_err(|e| CodecError::Init { what: "encoder", reason: openh264_text(&e) })
+        .map_err(|e| CodecError::Init { what: "openh264 encoder", reason: openh264_text(&e) })
 }
 
 impl Encoder {

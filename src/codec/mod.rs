@@ -1,7 +1,10 @@
-//! H.264 decode and encode over openh264, plus Annex B / AVCC helpers.
+//! Video decode (FFmpeg's libavcodec for H.264 of every profile and H.265, or
+//! openh264 for Baseline H.264) and H.264 encode (openh264), plus Annex B / AVCC
+//! helpers.
 //!
-//! [`decode::Decoder`] turns camera access units into I420 [`VideoFrame`]s and
-//! never shows a picture built on a lost reference; [`encode::Encoder`] turns
+//! [`VideoDecoder`] turns camera access units into I420 [`VideoFrame`]s in
+//! presentation order and never shows a picture built on a lost reference
+//! ([`ffmpeg::FfmpegDecoder`] or [`decode::Decoder`]); [`encode::Encoder`] turns
 //! annotated frames into a browser-friendly constrained-baseline stream;
 //! [`annexb`] splits and converts byte streams for ingest and packetisers.
 //! This module does no I/O, owns no threads and knows nothing about cameras or
@@ -12,17 +15,131 @@
 pub mod annexb;
 pub mod decode;
 pub mod encode;
+pub mod ffmpeg;
+pub mod x264;
+
+use serde::{Deserialize, Serialize};
+
+use self::decode::DecodeStats;
+use crate::media::{AccessUnit, VideoCodec, VideoFrame};
+
+/// Which library decodes a camera's stream (`decoder` in the camera config).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    /// FFmpeg's libavcodec (the system library): H.264 of every profile
+    /// (Baseline, Main, High, CABAC, B-frames) and H.265. The default.
+    #[default]
+    Ffmpeg,
+    /// openh264 (built in, no system library): Baseline H.264 without B-frames;
+    /// decodes Main/High slowly and cannot take B-frames or H.265.
+    Openh264,
+}
+
+/// Which library encodes a camera's annotated track (`annotated_encoder`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderKind {
+    /// openh264 in its low-complexity mode (built in).
+    Openh264,
+    /// libx264 through the system's libavcodec, preset `ultrafast`,
+    /// `zerolatency`: about half openh264's CPU per frame (docs/benchmarks.md).
+    #[default]
+    X264,
+}
+
+/// The annotated track's encoder, whichever library runs it. Both make
+/// constrained-baseline H.264 with SPS/PPS before each IDR, one access unit
+/// per frame.
+pub enum AnnotatedEncoder {
+    Openh264(Box<encode::Encoder>),
+    X264(x264::X264Encoder),
+}
+
+impl AnnotatedEncoder {
+    /// An encoder of `kind` for `config`. Errors when the library cannot be
+    /// opened or refuses the settings.
+    pub fn new(kind: EncoderKind, config: encode::EncoderConfig) -> Result<AnnotatedEncoder, CodecError> {
+        Ok(match kind {
+            EncoderKind::Openh264 => AnnotatedEncoder::Openh264(Box::new(encode::Encoder::new(config)?)),
+            EncoderKind::X264 => AnnotatedEncoder::X264(x264::X264Encoder::new(config, "ultrafast")?),
+        })
+    }
+
+    /// Encodes one frame (an IDR with SPS/PPS when `force_idr`); see
+    /// [`encode::Encoder::encode`].
+    pub fn encode(&mut self, frame: &VideoFrame, force_idr: bool) -> Result<AccessUnit, CodecError> {
+        match self {
+            AnnotatedEncoder::Openh264(e) => e.encode(frame, force_idr),
+            AnnotatedEncoder::X264(e) => e.encode(frame, force_idr),
+        }
+    }
+}
+
+/// A camera stream's decoder, whichever library runs it. Access units go in
+/// in decode order, pictures come out in presentation order.
+pub enum VideoDecoder {
+    Ffmpeg(ffmpeg::FfmpegDecoder),
+    Openh264(decode::Decoder),
+}
+
+impl VideoDecoder {
+    /// A decoder of `kind` for `codec`, waiting for its first keyframe. Errors
+    /// when the library cannot be opened or cannot decode `codec` (openh264 and
+    /// H.265).
+    pub fn new(kind: DecoderKind, codec: VideoCodec) -> Result<VideoDecoder, CodecError> {
+        match (kind, codec) {
+            (DecoderKind::Ffmpeg, _) => Ok(VideoDecoder::Ffmpeg(ffmpeg::FfmpegDecoder::new(codec)?)),
+            (DecoderKind::Openh264, VideoCodec::H264) => Ok(VideoDecoder::Openh264(decode::Decoder::new()?)),
+            (DecoderKind::Openh264, other) => Err(CodecError::Init {
+                what: "openh264 decoder",
+                reason: format!("openh264 decodes H.264 only, this stream is {other}: set decoder = \"ffmpeg\""),
+            }),
+        }
+    }
+
+    /// Decodes one access unit and appends the pictures now ready to `out`
+    /// (see [`ffmpeg::FfmpegDecoder::decode`]); `drain` also returns every picture
+    /// held for reordering and starts over at the next keyframe.
+    pub fn decode(&mut self, au: &AccessUnit, drain: bool, out: &mut Vec<VideoFrame>) -> Result<(), CodecError> {
+        match self {
+            VideoDecoder::Ffmpeg(d) => d.decode(au, drain, out),
+            VideoDecoder::Openh264(d) => {
+                if let Some(frame) = d.decode(au)? {
+                    out.push(frame);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> DecodeStats {
+        match self {
+            VideoDecoder::Ffmpeg(d) => d.stats(),
+            VideoDecoder::Openh264(d) => d.stats(),
+        }
+    }
+
+    /// True until a keyframe decodes (at the start and after any error).
+    pub fn waiting_for_keyframe(&self) -> bool {
+        match self {
+            VideoDecoder::Ffmpeg(d) => d.waiting_for_keyframe(),
+            VideoDecoder::Openh264(d) => d.waiting_for_keyframe(),
+        }
+    }
+}
 
 /// What went wrong in the codec layer. Messages say what happened and to which
 /// picture (by its 90 kHz pts) so logs can be read without the code.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    /// openh264 refused to create or initialise an encoder or decoder.
-    #[error("cannot create the openh264 {what}: {reason}")]
+    /// openh264 or libavcodec refused to create or initialise an encoder or decoder.
+    #[error("cannot create the {what}: {reason}")]
     Init { what: &'static str, reason: String },
     /// An access unit could not be decoded (corrupt, truncated, or its reference
     /// picture was lost). The decoder now waits for the next keyframe.
-    #[error("H.264 access unit at pts {pts_90k} (90 kHz) is undecodable: {reason}; waiting for the next keyframe")]
+    #[error("access unit at pts {pts_90k} (90 kHz) is undecodable: {reason}; waiting for the next keyframe")]
     Decode { pts_90k: i64, reason: String },
     /// openh264 failed to encode a frame.
     #[error("H.264 encoder failed on the frame at pts {pts_90k} (90 kHz): {reason}")]

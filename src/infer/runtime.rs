@@ -108,6 +108,9 @@ pub struct ModelOptions {
     pub spin: bool,
     /// Explicit library path (`inference.ort_dylib_path`), below `ORT_DYLIB_PATH`.
     pub ort_dylib_path: Option<PathBuf>,
+    /// ONNX Runtime's CPU memory arena (and memory patterns): faster first
+    /// runs, tens of MB more resident memory.
+    pub memory_arena: bool,
 }
 
 impl Model {
@@ -174,5 +177,7 @@ fn build_session(env: &ort::environment::Environment, path: &Path, options: &Mod
         .with_inter_threads(1)?
         .with_intra_op_spinning(options.spin)?
         .with_inter_op_spinning(false)?
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(options.memory_arena).build()])?
+        .with_memory_pattern(options.memory_arena)?
         .commit_from_file(path)
 }

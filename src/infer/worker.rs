@@ -57,8 +57,12 @@ impl InferenceWorker {
     ///
     /// Errors: any of the loading errors of [`InferError`], each naming the file.
     pub fn start(config: &InferenceConfig) -> Result<Self, InferError> {
-        let options =
-            ModelOptions { threads: config.threads, spin: config.spin, ort_dylib_path: config.ort_dylib_path.clone() };
+        let options = ModelOptions {
+            threads: config.threads,
+            spin: config.spin,
+            ort_dylib_path: config.ort_dylib_path.clone(),
+            memory_arena: config.memory_arena,
+        };
         let model = Model::load(&config.resolved_model_path(), &options)?;
         let labels_path = config.resolved_labels_path();
         let labels = Labels::load(&labels_path)?;

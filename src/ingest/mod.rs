@@ -41,7 +41,7 @@ pub enum IngestError {
     Unauthorized,
     #[error("not found (404): check the path in the camera URL")]
     NotFound,
-    #[error("unsupported codec {0}: infercast decodes H.264 only; set the camera's stream to H.264")]
+    #[error("unsupported codec {0}: infercast decodes H.264 and H.265; set the camera's stream to one of them")]
     UnsupportedCodec(String),
     #[error("the camera offers no video stream")]
     NoVideo,

@@ -1,5 +1,6 @@
 //! RTSP cameras through retina: DESCRIBE / SETUP (TCP interleaved) / PLAY with
-//! timeouts, digest or basic auth from the URL, H.264 access units in Annex B,
+//! timeouts, digest or basic auth from the URL, H.264 and H.265 access units in
+//! Annex B (parameter sets before each keyframe), in decode order,
 //! and capture times from RTCP sender reports.
 
 use std::pin::Pin;
@@ -80,7 +81,7 @@ fn codec_name(encoding: &str) -> String {
 impl RtspSession {
     /// Connects and starts playing the first video stream. Errors: timeouts,
     /// refused or unreachable hosts, 401, 404, no video, or a codec other than
-    /// H.264.
+    /// H.264 or H.265.
     pub async fn connect(camera: &CameraUrl, options: &RtspOptions) -> Result<RtspSession, IngestError> {
         let creds = camera.credentials().map(|(u, p)| Credentials { username: u.to_owned(), password: p.to_owned() });
         let session_options =
@@ -91,7 +92,7 @@ impl RtspSession {
         let stream_i = session.streams().iter().position(|s| s.media() == "video").ok_or(IngestError::NoVideo)?;
         let stream = &session.streams()[stream_i];
         let codec = codec_name(stream.encoding_name());
-        if stream.encoding_name() != "h264" {
+        if !matches!(stream.encoding_name(), "h264" | "h265") {
             return Err(IngestError::UnsupportedCodec(codec));
         }
         let mut info = StreamInfo { codec, fps: stream.framerate(), ..StreamInfo::default() };

@@ -1,6 +1,7 @@
-//! A camera's media thread: decode every access unit, classify at the camera's
-//! rate through the shared inference worker, draw the latest label, and encode
-//! the annotated track once (when someone watches it, or always).
+//! A camera's media thread: decode every access unit (or only keyframes while
+//! nobody needs more), classify at the camera's rate through the shared
+//! inference worker, draw the latest label, and encode the annotated track once
+//! (when someone watches it, or always); say when the camera is `degraded`.
 //!
 //! Synchronous code on its own OS thread; it never blocks on the network,
 //! viewers or inference (requests are submitted without waiting).
@@ -12,15 +13,18 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
+use super::analysis::{Admit, AnalysisGate, AnalysisMode};
+use super::health::Health;
 use super::queue::{FrameQueue, MediaMsg, Popped};
-use super::status::CameraStatus;
-use crate::codec::decode::Decoder;
-use crate::codec::encode::{Encoder, EncoderConfig};
+use super::status::{CameraState, CameraStatus};
+use crate::codec::encode::EncoderConfig;
+use crate::codec::{AnnotatedEncoder, VideoDecoder};
 use crate::config::{CameraConfig, EncodePolicy};
 use crate::hub::{CameraTracks, TrackKind};
 use crate::infer::{INPUT_LEN, InferError, InferenceWorker, Preprocessor};
 use crate::labels::{Label, LabelStore};
-use crate::media::{AccessUnit, VideoFrame};
+use crate::media::scale::scaled_size;
+use crate::media::{AccessUnit, VideoCodec, VideoFrame};
 use crate::overlay::Overlay;
 use crate::telemetry::{CameraMetrics, Stage};
 
@@ -93,10 +97,106 @@ impl ClassifyPacer {
     }
 }
 
+/// The stream's frame interval, from the pts of consecutive pictures (90 kHz).
+#[derive(Default)]
+struct FrameInterval {
+    last_pts: Option<i64>,
+    interval_90k: Option<i64>,
+}
+
+impl FrameInterval {
+    fn observe(&mut self, pts: i64) {
+        if let Some(last) = self.last_pts
+            && (1..=90_000).contains(&(pts - last))
+        {
+            self.interval_90k = Some(pts - last);
+        }
+        self.last_pts = Some(pts);
+    }
+
+    /// Frames per second (25 until known).
+    fn fps(&self) -> f32 {
+        self.interval_90k.map_or(25.0, |i| 90_000.0 / i as f32)
+    }
+}
+
+/// Size and rate of the annotated track (`annotated_scale`, `annotated_fps`).
+struct AnnotatedShape {
+    scale: f32,
+    fps: Option<f32>,
+    frame_interval: FrameInterval,
+    /// pts at which the next annotated frame is due (with `annotated_fps`).
+    next_due_90k: Option<i64>,
+}
+
+impl AnnotatedShape {
+    fn new(config: &CameraConfig) -> AnnotatedShape {
+        AnnotatedShape {
+            scale: config.annotated_scale,
+            fps: config.annotated_fps,
+            frame_interval: FrameInterval::default(),
+            next_due_90k: None,
+        }
+    }
+
+    /// The annotated track's frame rate: `annotated_fps`, capped by the stream's.
+    fn fps(&self) -> f32 {
+        let stream = self.frame_interval.fps();
+        self.fps.map_or(stream, |f| f.min(stream))
+    }
+
+    /// The picture at the annotated size (the frame itself at scale 1).
+    fn scale(&self, frame: VideoFrame) -> VideoFrame {
+        if self.scale >= 1.0 {
+            return frame;
+        }
+        let (w, h) = scaled_size(frame.width, frame.height, self.scale);
+        frame.downscaled(w, h)
+    }
+
+    /// Whether the frame at `pts` is encoded, keeping `annotated_fps` on average.
+    fn due(&mut self, pts: i64) -> bool {
+        let Some(fps) = self.fps else { return true };
+        let interval = (90_000.0 / fps) as i64;
+        // Half a 25 fps frame of slack, so 12.5 fps takes every other frame of 25.
+        match self.next_due_90k {
+            // Early: skip (unless the source jumped back: start over below).
+            Some(due) if (due - 2 * interval..due - 1800).contains(&pts) => false,
+            // On time, or late by less than a frame: keep the grid.
+            Some(due) if (due - 1800..due + interval).contains(&pts) => {
+                self.next_due_90k = Some(due + interval);
+                true
+            }
+            // First frame, a stall or a jump: a new grid from here.
+            _ => {
+                self.next_due_90k = Some(pts + interval);
+                true
+            }
+        }
+    }
+}
+
+/// Per-thread state of the decode step.
+struct DecodeState {
+    decoder: Option<VideoDecoder>,
+    codec: VideoCodec,
+    gate: AnalysisGate,
+    health: Health,
+    /// Pictures out of the decoder for the current access unit, in presentation order.
+    frames: Vec<VideoFrame>,
+}
+
 /// Runs until the queue is closed.
 pub fn run(ctx: MediaContext) {
-    let mut decoder = None::<Decoder>;
-    let mut encoder = None::<Encoder>;
+    let mut dec = DecodeState {
+        decoder: None,
+        codec: VideoCodec::H264,
+        gate: AnalysisGate::new(ctx.config.analysis, ctx.config.classify_fps),
+        health: Health::new(Instant::now()),
+        frames: Vec::new(),
+    };
+    let mut encoder = None::<AnnotatedEncoder>;
+    let mut annotated = AnnotatedShape::new(&ctx.config);
     let mut encoder_last_wanted = Instant::now();
     let mut overlay = Overlay::new();
     let mut pre = Preprocessor::new();
@@ -109,77 +209,140 @@ pub fn run(ctx: MediaContext) {
         let popped = ctx.queue.pop(Duration::from_millis(500), &mut skipped);
         if skipped > 0 {
             ctx.metrics.dropped("decode_queue_full", skipped);
+            dec.health.dropped += skipped as u32;
         }
         let au = match popped {
             Popped::Closed => break,
             Popped::Idle => continue,
-            Popped::Msg(MediaMsg::Reset) => {
-                decoder = None;
+            Popped::Msg(MediaMsg::Reset(codec)) => {
+                (dec.decoder, dec.codec) = (None, codec);
+                dec.gate.reset();
+                dec.health = Health::new(Instant::now());
                 continue;
             }
             Popped::Msg(MediaMsg::AccessUnit(au)) => au,
         };
-        let Some(mut frame) = decode(&ctx, &mut decoder, &au) else { continue };
-        update_fps(&ctx, &mut fps_window, &frame);
-
-        pending_snapshots.extend(ctx.snapshots.try_iter());
-        answer_snapshots(&mut pending_snapshots, TrackKind::Raw, &frame);
-
-        classify(&ctx, &mut pre, &mut pacer, &latest, &frame);
-
-        let label = latest.label.lock().expect("label lock is never poisoned").clone();
-        if let Some((text, score)) = label {
-            let t = Instant::now();
-            overlay.draw(&mut frame, &text, score);
-            ctx.metrics.stage(Stage::Overlay, ms_since(t));
+        let needs_every_frame = encoder.is_some() || annotated_wanted(&ctx);
+        let admit = dec.gate.admit(&au, needs_every_frame);
+        if au.keyframe {
+            show_mode(&ctx, &dec.gate, &pacer); // once per GOP
         }
-        answer_snapshots(&mut pending_snapshots, TrackKind::Annotated, &frame);
+        if admit == Admit::Skip {
+            judge_health(&ctx, &mut dec.health);
+            continue;
+        }
+        decode(&ctx, &mut dec, &au, admit == Admit::DecodeAlone);
+        let keyframes_only = dec.gate.mode() == AnalysisMode::Keyframes;
+        for frame in dec.frames.drain(..) {
+            update_fps(&ctx, &mut fps_window, &frame);
+            annotated.frame_interval.observe(frame.pts_90k);
 
-        let wanted = ctx.config.encode_annotated == EncodePolicy::Always || ctx.tracks.annotated.subscriber_count() > 0;
-        if wanted {
-            encoder_last_wanted = Instant::now();
+            pending_snapshots.extend(ctx.snapshots.try_iter());
+            answer_snapshots(&mut pending_snapshots, TrackKind::Raw, &frame);
+
+            classify(&ctx, &mut pre, &mut pacer, &latest, &frame, keyframes_only);
+
+            let wanted = annotated_wanted(&ctx);
+            if wanted {
+                encoder_last_wanted = Instant::now();
+            }
+            let linger = Duration::from_millis(ctx.config.annotated_linger_ms);
+            let encoding = wanted || (encoder.is_some() && encoder_last_wanted.elapsed() < linger);
+            let snapshot_waiting = pending_snapshots.iter().any(|r| r.track == TrackKind::Annotated);
+            if !encoding && !snapshot_waiting {
+                if encoder.take().is_some() {
+                    tracing::info!(camera = %ctx.name, "annotated encoder stopped: no viewers");
+                }
+                continue;
+            }
+            // The annotated picture: scaled first (so the label stays sharp), then labelled.
+            let mut picture = annotated.scale(frame);
+            let label = latest.label.lock().expect("label lock is never poisoned").clone();
+            if let Some((text, score)) = label {
+                let t = Instant::now();
+                overlay.draw(&mut picture, &text, score);
+                ctx.metrics.stage(Stage::Overlay, ms_since(t));
+            }
+            answer_snapshots(&mut pending_snapshots, TrackKind::Annotated, &picture);
+            if encoding && annotated.due(picture.pts_90k) {
+                encode(&ctx, &mut encoder, &picture, annotated.fps());
+            }
         }
-        let linger = Duration::from_millis(ctx.config.annotated_linger_ms);
-        if wanted || (encoder.is_some() && encoder_last_wanted.elapsed() < linger) {
-            encode(&ctx, &mut encoder, &frame);
-        } else if encoder.take().is_some() {
-            tracing::info!(camera = %ctx.name, "annotated encoder stopped: no viewers");
-        }
+        judge_health(&ctx, &mut dec.health);
     }
     tracing::debug!(camera = %ctx.name, "media thread stopped");
+}
+
+/// Someone needs the annotated picture of every frame: a subscriber, or `always`.
+fn annotated_wanted(ctx: &MediaContext) -> bool {
+    ctx.config.encode_annotated == EncodePolicy::Always || ctx.tracks.annotated.subscriber_count() > 0
 }
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-fn decode(ctx: &MediaContext, decoder: &mut Option<Decoder>, au: &AccessUnit) -> Option<VideoFrame> {
-    if decoder.is_none() {
-        match Decoder::new() {
-            Ok(d) => *decoder = Some(d),
+/// Publishes the analysis mode in force and the classification rate it gives.
+fn show_mode(ctx: &MediaContext, gate: &AnalysisGate, pacer: &ClassifyPacer) {
+    let mode = gate.mode();
+    let mut s = ctx.status.write().expect("status lock is never poisoned");
+    s.analysis = mode;
+    s.keyframe_rate_hz = gate.keyframe_rate_hz();
+    s.classify_fps_effective = match mode {
+        AnalysisMode::Keyframes => gate.keyframe_rate_hz().unwrap_or(0.0),
+        AnalysisMode::EveryFrame => pacer.effective_fps(),
+    };
+}
+
+/// Ends a health window: `streaming` ⇄ `degraded`, never touching other states.
+fn judge_health(ctx: &MediaContext, health: &mut Health) {
+    let Some(verdict) = health.verdict(Instant::now()) else { return };
+    let mut s = ctx.status.write().expect("status lock is never poisoned");
+    match (s.state, verdict) {
+        (CameraState::Streaming, Some(reason)) => {
+            tracing::warn!(camera = %ctx.name, %reason, "camera degraded");
+            ctx.metrics.degraded.inc();
+            s.set_state(CameraState::Degraded, Some(reason));
+        }
+        (CameraState::Degraded, Some(reason)) => s.last_error = Some(reason),
+        (CameraState::Degraded, None) => {
+            tracing::info!(camera = %ctx.name, "camera recovered from degraded");
+            s.set_state(CameraState::Streaming, None);
+        }
+        _ => {}
+    }
+}
+
+fn decode(ctx: &MediaContext, dec: &mut DecodeState, au: &AccessUnit, alone: bool) {
+    if dec.decoder.is_none() {
+        match VideoDecoder::new(ctx.config.decoder, dec.codec) {
+            Ok(d) => dec.decoder = Some(d),
             Err(e) => {
-                tracing::error!(camera = %ctx.name, error = %e, "cannot create the H.264 decoder");
-                return None;
+                tracing::error!(camera = %ctx.name, error = %e, "cannot create the video decoder");
+                return;
             }
         }
     }
-    let d = decoder.as_mut()?;
+    let Some(d) = dec.decoder.as_mut() else { return };
+    dec.health.wanted += 1;
+    let before = d.stats();
     let t = Instant::now();
-    match d.decode(au) {
-        Ok(Some(frame)) => {
-            ctx.metrics.stage(Stage::Decode, ms_since(t));
-            ctx.metrics.decoded.inc();
-            Some(frame)
-        }
-        Ok(None) => {
-            ctx.metrics.dropped("waiting_for_keyframe", 1);
-            None
-        }
-        Err(e) => {
-            ctx.metrics.dropped("corrupt", 1);
-            tracing::debug!(camera = %ctx.name, error = %e, "undecodable access unit");
-            None
-        }
+    let result = d.decode(au, alone, &mut dec.frames);
+    let after = d.stats();
+    let waiting = after.skipped_waiting_for_keyframe - before.skipped_waiting_for_keyframe;
+    if !dec.frames.is_empty() {
+        ctx.metrics.stage(Stage::Decode, ms_since(t));
+        ctx.metrics.decoded.inc_by(dec.frames.len() as u64);
+        dec.health.decoded += dec.frames.len() as u32;
+    }
+    if waiting > 0 {
+        ctx.metrics.dropped("waiting_for_keyframe", waiting);
+        dec.health.waiting_for_keyframe += waiting as u32;
+    }
+    if let Err(e) = result {
+        ctx.metrics.dropped("corrupt", 1);
+        dec.health.corrupt += 1;
+        tracing::debug!(camera = %ctx.name, error = %e, "undecodable access unit");
     }
 }
 
@@ -208,9 +371,10 @@ fn classify(
     pacer: &mut ClassifyPacer,
     latest: &Arc<Latest>,
     frame: &VideoFrame,
+    every_picture: bool,
 ) {
     let now = Instant::now();
-    if !pacer.due(now) {
+    if !every_picture && !pacer.due(now) {
         return;
     }
     if latest.in_flight.load(Ordering::Acquire) {
@@ -266,13 +430,15 @@ fn classify(
             tracing::warn!(camera = %ctx.name, error = %e, "cannot classify");
         }
     }
-    ctx.status.write().expect("status lock is never poisoned").classify_fps_effective = pacer.effective_fps();
+    if !every_picture {
+        ctx.status.write().expect("status lock is never poisoned").classify_fps_effective = pacer.effective_fps();
+    }
 }
 
-fn encode(ctx: &MediaContext, encoder: &mut Option<Encoder>, frame: &VideoFrame) {
+fn encode(ctx: &MediaContext, encoder: &mut Option<AnnotatedEncoder>, frame: &VideoFrame, fps: f32) {
     let mut force_idr = ctx.tracks.annotated.take_keyframe_request();
     if encoder.is_none() {
-        let fps = ctx.status.read().expect("status lock is never poisoned").fps.unwrap_or(25.0).clamp(1.0, 60.0);
+        let fps = fps.clamp(1.0, 60.0);
         let config = EncoderConfig {
             width: frame.width,
             height: frame.height,
@@ -280,14 +446,20 @@ fn encode(ctx: &MediaContext, encoder: &mut Option<Encoder>, frame: &VideoFrame)
             max_fps: fps,
             gop_frames: (fps * 2.0).round() as u32,
         };
-        match Encoder::new(config) {
+        match AnnotatedEncoder::new(ctx.config.annotated_encoder, config) {
             Ok(e) => *encoder = Some(e),
             Err(e) => {
                 tracing::error!(camera = %ctx.name, error = %e, "cannot create the H.264 encoder");
                 return;
             }
         }
-        tracing::info!(camera = %ctx.name, "annotated encoder started");
+        tracing::info!(
+            camera = %ctx.name,
+            encoder = ?ctx.config.annotated_encoder,
+            size = %format_args!("{}x{}", frame.width, frame.height),
+            fps,
+            "annotated encoder started"
+        );
         force_idr = true;
     }
     let Some(enc) = encoder.as_mut() else { return };
@@ -323,6 +495,22 @@ mod tests {
         assert!((p.effective_fps() - 5.0).abs() < 0.01);
         let every = ClassifyPacer::new(0.0);
         assert!(every.due(Instant::now()) && every.effective_fps() == 0.0);
+    }
+
+    #[test]
+    fn annotated_fps_takes_the_configured_share_of_frames() {
+        for (fps, want) in [(12.5f32, 125), (10.0, 100), (5.0, 50), (25.0, 250), (30.0, 250)] {
+            let mut config = CameraConfig::new("c", "file:x");
+            config.annotated_fps = Some(fps);
+            let mut shape = AnnotatedShape::new(&config);
+            let taken = (0..250i64).filter(|i| shape.due(i * 3600)).count();
+            assert!(taken.abs_diff(want) <= 1, "{fps} fps of 25: {taken} of 250 frames");
+        }
+        let mut config = CameraConfig::new("c", "file:x");
+        config.annotated_fps = Some(5.0);
+        let mut shape = AnnotatedShape::new(&config);
+        assert!(shape.due(900_000) && !shape.due(903_600));
+        assert!(shape.due(0), "the source restarted: a new grid");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (`run` = loop { `run_once`; backoff }) and feeds a media thread (decode,
 //! classify, overlay, encode). One camera's trouble never touches another.
 
+pub mod analysis;
 pub mod backoff;
+pub mod health;
 pub mod media;
 pub mod queue;
 pub mod status;
@@ -18,6 +20,7 @@ use self::backoff::Backoff;
 use self::media::{MediaContext, SnapshotRequest};
 use self::queue::{FrameQueue, MediaMsg};
 pub use self::status::{CameraState, CameraStatus};
+use crate::codec::DecoderKind;
 use crate::config::{CameraConfig, RtspConfig};
 use crate::hub::{CameraTracks, Hub, TrackKind};
 use crate::infer::InferenceWorker;
@@ -25,11 +28,13 @@ use crate::infer::runtime::find_in_roots;
 use crate::ingest::rtsp::{RtspOptions, RtspSession};
 use crate::ingest::{CameraUrl, IngestError, Source, replay::ReplaySession};
 use crate::labels::LabelStore;
-use crate::media::VideoFrame;
+use crate::media::{VideoCodec, VideoFrame};
 use crate::telemetry::{CameraMetrics, Metrics};
 
 /// Access units buffered between the network and the media thread (≈ 0.3 s at 25 fps).
 const QUEUE_LEN: usize = 8;
+/// Longest wait for the next decoded picture of a snapshot.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frame rate of replayed files (the demo clip is 25 fps).
 const REPLAY_FPS: f32 = 25.0;
 
@@ -48,7 +53,7 @@ pub struct Services {
 pub enum SnapshotError {
     #[error("camera is not streaming (state: {0:?})")]
     NotStreaming(CameraState),
-    #[error("no frame arrived within 2 s")]
+    #[error("no frame arrived within {} s", SNAPSHOT_TIMEOUT.as_secs())]
     Timeout,
 }
 
@@ -66,7 +71,7 @@ impl Camera {
         let name = config.name.clone();
         let url = CameraUrl::parse(&config.url);
         let shown_url = url.as_ref().map(|u| u.redacted()).unwrap_or_else(|_| "(invalid URL)".into());
-        let status = Arc::new(RwLock::new(CameraStatus::new(&name, &shown_url, config.classify_fps)));
+        let status = Arc::new(RwLock::new(CameraStatus::new(&name, &shown_url, config.classify_fps, config.decoder)));
         let tracks = services.hub.camera(&name);
         let queue = Arc::new(FrameQueue::new(QUEUE_LEN));
         let (snap_tx, snap_rx) = std::sync::mpsc::channel();
@@ -90,6 +95,7 @@ impl Camera {
             queue,
             metrics,
             rtsp: services.rtsp.clone(),
+            decoder: config.decoder,
         };
         let span = tracing::info_span!("camera", name = %name);
         tokio::spawn(supervisor.run(cancel).instrument(span));
@@ -103,12 +109,13 @@ impl Camera {
     /// The next decoded frame of `track` (`annotated` = with the label drawn).
     pub async fn snapshot(&self, track: TrackKind) -> Result<VideoFrame, SnapshotError> {
         let state = self.status().state;
-        if state != CameraState::Streaming {
+        if !state.is_receiving() {
             return Err(SnapshotError::NotStreaming(state));
         }
         let (reply, rx) = oneshot::channel();
         self.snapshots.send(SnapshotRequest { track, reply }).map_err(|_| SnapshotError::Timeout)?;
-        match tokio::time::timeout(Duration::from_secs(2), rx).await {
+        // Keyframe-only analysis decodes one picture per GOP: wait up to ~2 GOPs.
+        match tokio::time::timeout(SNAPSHOT_TIMEOUT, rx).await {
             Ok(Ok(frame)) => Ok(frame),
             _ => Err(SnapshotError::Timeout),
         }
@@ -122,6 +129,7 @@ struct Supervisor {
     queue: Arc<FrameQueue>,
     metrics: CameraMetrics,
     rtsp: RtspConfig,
+    decoder: DecoderKind,
 }
 
 impl Supervisor {
@@ -173,23 +181,43 @@ impl Supervisor {
             let path = url.file_path().ok_or_else(|| IngestError::BadUrl("file URL without a path".into()))?;
             Source::Replay(ReplaySession::open(&find_in_roots(path), REPLAY_FPS)?)
         };
+        let info = source.info().clone();
+        let codec =
+            VideoCodec::from_name(&info.codec).ok_or_else(|| IngestError::UnsupportedCodec(info.codec.clone()))?;
+        if codec != VideoCodec::H264 && self.decoder == DecoderKind::Openh264 {
+            return Err(IngestError::UnsupportedCodec(format!("{codec} with decoder = \"openh264\" (use \"ffmpeg\")")));
+        }
         {
-            let info = source.info().clone();
             let mut s = self.status.write().expect("status lock is never poisoned");
             s.codec = Some(info.codec);
             s.width = info.width.or(s.width);
             s.height = info.height.or(s.height);
+            s.bframes = false;
         }
         tracing::info!(url = %url, "connected");
         self.tracks.raw.reset();
-        self.queue.push(MediaMsg::Reset);
+        self.queue.push(MediaMsg::Reset(codec));
+        let (mut last_pts, mut bframes_seen) = (None::<i64>, false);
         loop {
             let au = source.next().await?;
             if !*streamed {
                 *streamed = true;
                 self.status.write().expect("status lock is never poisoned").set_state(CameraState::Streaming, None);
             }
+            // Access units come in decode order; a pts a little below the previous
+            // one means a picture shown later was sent first: B-frames.
+            if let Some(last) = last_pts
+                && (1..90_000).contains(&(last - au.pts_90k))
+                && !std::mem::replace(&mut bframes_seen, true)
+            {
+                tracing::info!("the stream has B-frames: its raw track is forwarded as is");
+                self.status.write().expect("status lock is never poisoned").bframes = true;
+            }
+            last_pts = Some(au.pts_90k);
             self.metrics.received.inc();
+            if au.keyframe {
+                self.metrics.keyframes_received.inc();
+            }
             self.tracks.raw.publish(au.clone());
             let dropped = self.queue.push(MediaMsg::AccessUnit(au));
             if dropped > 0 {

@@ -7,14 +7,14 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::media::AccessUnit;
+use crate::media::{AccessUnit, VideoCodec};
 
 /// What the media thread receives.
 #[derive(Debug)]
 pub enum MediaMsg {
     AccessUnit(AccessUnit),
-    /// A new session started: reset the decoder.
-    Reset,
+    /// A new session of the source started, sending this codec: reset the decoder.
+    Reset(VideoCodec),
 }
 
 #[derive(Default)]
@@ -51,7 +51,7 @@ impl FrameQueue {
     pub fn push(&self, msg: MediaMsg) -> u64 {
         let mut s = self.lock();
         let mut dropped = 0;
-        if matches!(msg, MediaMsg::Reset) {
+        if matches!(msg, MediaMsg::Reset(_)) {
             s.items.clear();
             s.skip_to_keyframe = false;
         } else if s.items.len() >= self.capacity {
@@ -80,7 +80,7 @@ impl FrameQueue {
                         s.skip_to_keyframe = false;
                         return Popped::Msg(MediaMsg::AccessUnit(au));
                     }
-                    reset @ MediaMsg::Reset => return Popped::Msg(reset),
+                    reset @ MediaMsg::Reset(_) => return Popped::Msg(reset),
                 }
             }
             let (guard, timeout) = self.ready.wait_timeout(s, wait).expect("queue lock is never poisoned");
@@ -144,9 +144,9 @@ mod tests {
     fn reset_clears_the_queue() {
         let q = FrameQueue::new(4);
         q.push(au(0, true));
-        q.push(MediaMsg::Reset);
+        q.push(MediaMsg::Reset(VideoCodec::H264));
         let mut d = 0;
-        assert!(matches!(q.pop(Duration::ZERO, &mut d), Popped::Msg(MediaMsg::Reset)));
+        assert!(matches!(q.pop(Duration::ZERO, &mut d), Popped::Msg(MediaMsg::Reset(_))));
         assert!(matches!(q.pop(Duration::ZERO, &mut d), Popped::Idle));
     }
 }

@@ -3,14 +3,21 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::analysis::AnalysisMode;
+use crate::codec::DecoderKind;
+
 /// Supervisor state of one camera.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CameraState {
     /// Connecting for the first time or after a reset.
     Connecting,
-    /// Access units are arriving.
+    /// Access units are arriving and decoding keeps up.
     Streaming,
+    /// Access units are arriving but far fewer pictures come out than asked for
+    /// (the decoder cannot keep up, or most units are corrupt or dropped);
+    /// `last_error` says by how much.
+    Degraded,
     /// The last session failed; waiting to retry.
     Reconnecting,
     /// The last error will not go away by itself (bad URL, 401, 404, unsupported
@@ -18,6 +25,13 @@ pub enum CameraState {
     Failed,
     /// Shut down.
     Stopped,
+}
+
+impl CameraState {
+    /// Access units are arriving (`streaming` or `degraded`).
+    pub fn is_receiving(self) -> bool {
+        matches!(self, CameraState::Streaming | CameraState::Degraded)
+    }
 }
 
 /// A camera's public status. Holds no credentials: `url` is redacted.
@@ -39,10 +53,19 @@ pub struct CameraStatus {
     /// Classifications per second currently achieved (lower when the machine is behind).
     pub classify_fps_effective: f32,
     pub reconnects: u64,
+    /// The stream has B-frames (access units arrive out of presentation order).
+    /// Its raw track is forwarded as is; browsers may not play it.
+    pub bframes: bool,
+    /// What the media thread decodes now: `every_frame` or `keyframes`.
+    pub analysis: AnalysisMode,
+    /// Keyframes per second of the stream (from its keyframe interval).
+    pub keyframe_rate_hz: Option<f32>,
+    /// Which library decodes the stream: `ffmpeg` or `openh264`.
+    pub decoder: DecoderKind,
 }
 
 impl CameraStatus {
-    pub fn new(name: &str, url: &str, classify_fps: f32) -> CameraStatus {
+    pub fn new(name: &str, url: &str, classify_fps: f32, decoder: DecoderKind) -> CameraStatus {
         CameraStatus {
             name: name.into(),
             url: url.into(),
@@ -56,6 +79,10 @@ impl CameraStatus {
             classify_fps,
             classify_fps_effective: 0.0,
             reconnects: 0,
+            bframes: false,
+            analysis: AnalysisMode::EveryFrame,
+            keyframe_rate_hz: None,
+            decoder,
         }
     }
 
@@ -65,10 +92,10 @@ impl CameraStatus {
             self.state = state;
             self.state_since = Utc::now();
         }
-        if error.is_some() || state == CameraState::Streaming {
+        if error.is_some() || state.is_receiving() {
             self.last_error = error;
         }
-        if state != CameraState::Streaming {
+        if !state.is_receiving() {
             self.fps = None;
         }
     }

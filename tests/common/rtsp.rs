@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 pub const CLIP_640X272: &str = "assets/demo/bikes-640x272.h264";
 /// The same scene at 1280×720, ~2 Mbit/s.
 pub const CLIP_1280X720: &str = "assets/demo/bikes-1280x720.h264";
-/// H.265 at 1280×720 (for "unsupported codec").
+/// H.265 at 1280×720 (analysed like H.264; its raw track is not offered to WebRTC).
 pub const CLIP_H265: &str = "assets/demo/bikes-1280x720.h265";
 /// Not a file: a live MJPEG test pattern (320×240), for "unsupported codec".
 pub const MJPEG: &str = "mjpeg";
