@@ -17,7 +17,7 @@ use std::path::PathBuf;
 pub use preprocess::{INPUT_LEN, INPUT_SIDE, Preprocessor};
 pub use runtime::{Model, resolve_dylib};
 pub use topk::{ClassScore, Labels, softmax, top_k};
-pub use worker::{Classification, InferenceWorker};
+pub use worker::{Classification, InferenceWorker, Offer, Reply};
 
 /// Everything that can go wrong loading or running the classifier. Each message
 /// names the file involved and, where the user can fix it, how.

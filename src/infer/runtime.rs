@@ -108,8 +108,7 @@ pub struct ModelOptions {
     pub spin: bool,
     /// Explicit library path (`inference.ort_dylib_path`), below `ORT_DYLIB_PATH`.
     pub ort_dylib_path: Option<PathBuf>,
-    /// ONNX Runtime's CPU memory arena (and memory patterns): faster first
-    /// runs, tens of MB more resident memory.
+    /// ONNX Runtime's CPU memory arena and memory patterns (its defaults: on).
     pub memory_arena: bool,
 }
 

@@ -32,6 +32,14 @@ pub struct Classification {
 /// Called on the worker thread with the result of one request.
 pub type Reply = Box<dyn FnOnce(Result<Classification, InferError>) + Send>;
 
+/// A request [`InferenceWorker::offer`] could not queue.
+pub enum Offer {
+    /// The queue is full: the `[3,224,224]` tensor and its reply, to offer again.
+    Full(Vec<f32>, Reply),
+    /// The worker has stopped.
+    Stopped,
+}
+
 struct Job {
     /// `[3,224,224]` f32 input, see [`super::Preprocessor`].
     tensor: Vec<f32>,
@@ -110,6 +118,19 @@ impl InferenceWorker {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(InferError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(InferError::Stopped),
+        }
+    }
+
+    /// Like [`Self::try_submit_with`], but a full queue hands the request back
+    /// ([`Offer::Full`]) so the caller can offer it again a little later instead
+    /// of losing it (keyframe-only cameras classify once per GOP, and cameras
+    /// with aligned GOPs all ask at the same moment).
+    pub fn offer(&self, tensor: Vec<f32>, reply: Reply) -> Result<(), Offer> {
+        assert_eq!(tensor.len(), INPUT_LEN, "tensor must be [3,224,224]");
+        match self.tx.try_send(Job { tensor, reply }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => Err(Offer::Full(job.tensor, job.reply)),
+            Err(TrySendError::Disconnected(_)) => Err(Offer::Stopped),
         }
     }
 

@@ -21,7 +21,7 @@ use crate::codec::encode::EncoderConfig;
 use crate::codec::{AnnotatedEncoder, VideoDecoder};
 use crate::config::{CameraConfig, EncodePolicy};
 use crate::hub::{CameraTracks, TrackKind};
-use crate::infer::{INPUT_LEN, InferError, InferenceWorker, Preprocessor};
+use crate::infer::{INPUT_LEN, InferError, InferenceWorker, Offer, Preprocessor, Reply};
 use crate::labels::{Label, LabelStore};
 use crate::media::scale::scaled_size;
 use crate::media::{AccessUnit, VideoCodec, VideoFrame};
@@ -204,6 +204,7 @@ pub fn run(ctx: MediaContext) {
     let mut pacer = ClassifyPacer::new(ctx.config.classify_fps);
     let mut fps_window = (Instant::now(), 0u32);
     let mut pending_snapshots: Vec<SnapshotRequest> = Vec::new();
+    let mut stash = None::<Stashed>;
     loop {
         let mut skipped = 0;
         let popped = ctx.queue.pop(Duration::from_millis(500), &mut skipped);
@@ -211,6 +212,7 @@ pub fn run(ctx: MediaContext) {
             ctx.metrics.dropped("decode_queue_full", skipped);
             dec.health.dropped += skipped as u32;
         }
+        retry_stashed(&ctx, &latest, &mut stash);
         let au = match popped {
             Popped::Closed => break,
             Popped::Idle => continue,
@@ -240,7 +242,7 @@ pub fn run(ctx: MediaContext) {
             pending_snapshots.extend(ctx.snapshots.try_iter());
             answer_snapshots(&mut pending_snapshots, TrackKind::Raw, &frame);
 
-            classify(&ctx, &mut pre, &mut pacer, &latest, &frame, keyframes_only);
+            classify(&ctx, &mut pre, &mut pacer, &latest, &frame, keyframes_only, &mut stash);
 
             let wanted = annotated_wanted(&ctx);
             if wanted {
@@ -372,14 +374,20 @@ fn classify(
     latest: &Arc<Latest>,
     frame: &VideoFrame,
     every_picture: bool,
+    stash: &mut Option<Stashed>,
 ) {
     let now = Instant::now();
     if !every_picture && !pacer.due(now) {
         return;
     }
     if latest.in_flight.load(Ordering::Acquire) {
-        pacer.slow_down();
-        return;
+        if !every_picture || stash.is_none() {
+            pacer.slow_down();
+            return;
+        }
+        // A newer keyframe replaces the one still waiting for room.
+        *stash = None;
+        ctx.metrics.dropped("inference_busy", 1);
     }
     let t = Instant::now();
     let mut tensor = vec![0.0; INPUT_LEN];
@@ -418,20 +426,49 @@ fn classify(
             });
         })
     };
-    match ctx.classifier.try_submit_with(tensor, reply) {
+    match ctx.classifier.offer(tensor, reply) {
         Ok(()) => pacer.speed_up(),
-        Err(InferError::Busy) => {
+        // Keyframe-only: the one picture of this GOP waits for room (retried
+        // every access unit, see `retry_stashed`) rather than being lost.
+        Err(Offer::Full(tensor, reply)) if every_picture => *stash = Some(Stashed { tensor, reply, since: now }),
+        Err(Offer::Full(..)) => {
             latest.in_flight.store(false, Ordering::Release);
             ctx.metrics.dropped("inference_busy", 1);
             pacer.slow_down();
         }
-        Err(e) => {
+        Err(Offer::Stopped) => {
             latest.in_flight.store(false, Ordering::Release);
-            tracing::warn!(camera = %ctx.name, error = %e, "cannot classify");
+            tracing::warn!(camera = %ctx.name, "cannot classify: the inference worker has stopped");
         }
     }
     if !every_picture {
         ctx.status.write().expect("status lock is never poisoned").classify_fps_effective = pacer.effective_fps();
+    }
+}
+
+/// A keyframe's classification waiting for room in the inference queue.
+struct Stashed {
+    tensor: Vec<f32>,
+    reply: Reply,
+    since: Instant,
+}
+
+/// Longest a stashed classification waits before it is dropped (the next GOP's
+/// keyframe is due by then on any camera with a GOP of 2 s or less).
+const MAX_STASH_WAIT: Duration = Duration::from_secs(2);
+
+/// Offers the stashed classification again (once per access unit).
+fn retry_stashed(ctx: &MediaContext, latest: &Latest, stash: &mut Option<Stashed>) {
+    let Some(Stashed { tensor, reply, since }) = stash.take() else { return };
+    if since.elapsed() > MAX_STASH_WAIT {
+        latest.in_flight.store(false, Ordering::Release);
+        ctx.metrics.dropped("inference_busy", 1);
+        return;
+    }
+    match ctx.classifier.offer(tensor, reply) {
+        Ok(()) => {}
+        Err(Offer::Full(tensor, reply)) => *stash = Some(Stashed { tensor, reply, since }),
+        Err(Offer::Stopped) => latest.in_flight.store(false, Ordering::Release),
     }
 }
 
