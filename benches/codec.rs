@@ -20,7 +20,7 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use infercast::codec::annexb::{self, START_CODE, nal_type};
 use infercast::codec::decode::Decoder;
-use infercast::codec::encode::{Encoder, EncoderConfig};
+use infercast::codec::encode::{Encoder, EncoderConfig, Openh264Tuning};
 use infercast::codec::ffmpeg::FfmpegDecoder;
 use infercast::codec::x264::X264Encoder;
 use infercast::media::{AccessUnit, VideoCodec, VideoFrame};
@@ -132,6 +132,7 @@ fn bench<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
             bench_decode(&mut group, "bikes_1280x720", &aus);
             bench_encode(&mut group, "bikes_1280x720_2000kbps", &frames, 2_000_000);
             bench_x264(&mut group, "bikes_1280x720_2000kbps", &frames, 2_000_000);
+            bench_openh264_tuning(&mut group, "bikes_1280x720_2000kbps", &frames, 2_000_000);
             let half: Vec<VideoFrame> = frames.iter().map(|f| f.downscaled(640, 360)).collect();
             bench_encode(&mut group, "bikes_640x360_1000kbps", &half, 1_000_000);
             bench_x264(&mut group, "bikes_640x360_1000kbps", &half, 1_000_000);
@@ -179,6 +180,34 @@ fn bench_ffmpeg_decode<M: Measurement>(group: &mut BenchmarkGroup<'_, M>, name: 
             dec.decode(key, true, &mut out).expect("decode");
         })
     });
+}
+
+/// openh264's knobs against the annotated track's default (low complexity,
+/// adaptive quantisation and background detection on).
+fn bench_openh264_tuning<M: Measurement>(
+    group: &mut BenchmarkGroup<'_, M>,
+    name: &str,
+    frames: &[VideoFrame],
+    bitrate_bps: u32,
+) {
+    use infercast::codec::encode::Openh264Complexity as Complexity;
+    let base = Openh264Tuning::default();
+    let variants = [
+        ("medium", Openh264Tuning { complexity: Complexity::Medium, ..base }),
+        ("low_no_aq", Openh264Tuning { adaptive_quantization: false, ..base }),
+        ("low_no_aq_no_bgd", Openh264Tuning { adaptive_quantization: false, background_detection: false, ..base }),
+    ];
+    for (tag, tuning) in variants {
+        let mut enc = Encoder::with_tuning(config(frames, bitrate_bps), tuning).expect("encoder");
+        let mut next = 0;
+        group.bench_function(format!("openh264_{tag}_encode_{name}"), |b| {
+            b.iter(|| {
+                let f = &frames[next % frames.len()];
+                next += 1;
+                enc.encode(f, false).expect("encode")
+            })
+        });
+    }
 }
 
 /// libx264 (`ultrafast`, `zerolatency`) encoding the loop of `frames` with a 2 s GOP.

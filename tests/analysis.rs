@@ -58,24 +58,29 @@ fn auto_analysis_decodes_keyframes_only_until_an_annotated_viewer_comes() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let received = Received::default();
     let viewer = rt.block_on(Viewer::with_sink(Offer::H264, received.sink()));
-    let joined = Instant::now();
     let r = whep_client::post(&app.base, "/whep/door/annotated", "application/sdp", &viewer.offer_sdp);
     assert_eq!(r.status, 201, "{}", r.body);
     rt.block_on(viewer.apply_answer(&r.body));
     assert!(rt.block_on(viewer.connected(Duration::from_secs(10))));
+    let connected = Instant::now();
     app.wait_for("/api/cameras/door", Duration::from_secs(3), |c| c["analysis"] == "every_frame");
-    assert!(joined.elapsed() < Duration::from_millis(2500), "switched after {:?}", joined.elapsed());
+    // Within one GOP (1 s) of the viewer connecting, with slack for a loaded machine.
+    assert!(connected.elapsed() < Duration::from_millis(2500), "switched after {:?}", connected.elapsed());
     let (d0, ..) = counters(&app);
     std::thread::sleep(Duration::from_secs(3));
     let (d1, ..) = counters(&app);
     assert!((68.0..=82.0).contains(&(d1 - d0)), "{} frames decoded in 3 s while watched", d1 - d0);
-    let aus = received.access_units();
-    assert!(
-        aus.len() >= 60 && aus[0].keyframe,
-        "{} access units, first keyframe: {:?}",
-        aus.len(),
-        aus.first().map(|a| a.keyframe)
-    );
+    // 60 access units (2.4 s of video), bounded: under a loaded CI box they may trickle in late.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let aus = loop {
+        let aus = received.access_units();
+        if aus.len() >= 60 || Instant::now() > deadline {
+            break aus;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(aus.len() >= 60, "{} access units", aus.len());
+    assert!(aus[0].keyframe, "the annotated track starts at an IDR");
     let mut decoder = FfmpegDecoder::new(VideoCodec::H264).unwrap();
     let mut pictures = Vec::new();
     for au in &aus {

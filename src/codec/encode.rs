@@ -10,6 +10,8 @@
 //! recreates the openh264 encoder.
 
 use bytes::BytesMut;
+/// openh264's speed/quality levels ([`Openh264Tuning::complexity`]).
+pub use openh264::encoder::Complexity as Openh264Complexity;
 use openh264::encoder::{
     BitRate, Complexity, Encoder as H264Encoder, EncoderConfig as H264Config, FrameRate, FrameType, IntraFramePeriod,
     Level, Profile, RateControlMode, SpsPpsStrategy, UsageType, VuiConfig,
@@ -60,7 +62,7 @@ impl EncoderConfig {
         check_size(self.width, self.height)
     }
 
-    fn openh264(&self) -> H264Config {
+    fn openh264(&self, tuning: &Openh264Tuning) -> H264Config {
         H264Config::new()
             .usage_type(UsageType::CameraVideoRealTime)
             .profile(Profile::Baseline)
@@ -74,9 +76,28 @@ impl EncoderConfig {
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             .num_threads(1) // one camera per thread already; a single slice gains nothing from more
             .vui(VuiConfig::bt601())
-            // Low: 720p encode ~8 ms instead of ~11-14 ms, for ~0.35 dB Y-PSNR
-            // (demo clip at 1-2 Mbit/s); CPU is the scarce resource on the edge box.
-            .complexity(Complexity::Low)
+            .complexity(tuning.complexity)
+            .adaptive_quantization(tuning.adaptive_quantization)
+            .background_detection(tuning.background_detection)
+    }
+}
+
+/// openh264's speed/quality knobs. The default is what the annotated track
+/// uses; the others exist to measure them (`cargo bench --bench codec`).
+#[derive(Clone, Copy, Debug)]
+pub struct Openh264Tuning {
+    /// Low: 720p encode ~8 ms instead of ~11-14 ms, for ~0.35 dB Y-PSNR
+    /// (demo clip at 1-2 Mbit/s); CPU is the scarce resource on the edge box.
+    pub complexity: Complexity,
+    /// Adaptive quantisation (openh264's default: on).
+    pub adaptive_quantization: bool,
+    /// Background detection (openh264's default: on).
+    pub background_detection: bool,
+}
+
+impl Default for Openh264Tuning {
+    fn default() -> Self {
+        Openh264Tuning { complexity: Complexity::Low, adaptive_quantization: true, background_detection: true }
     }
 }
 
@@ -95,6 +116,7 @@ fn check_size(width: u32, height: u32) -> Result<(), CodecError> {
 /// The annotated track's H.264 encoder. `Send`, for the camera's media thread.
 pub struct Encoder {
     config: EncoderConfig,
+    tuning: Openh264Tuning,
     inner: H264Encoder,
     /// Output buffer; each access unit is split off it, so its allocation is
     /// reused once consumers drop earlier units.
@@ -102,16 +124,27 @@ pub struct Encoder {
     keyframe_requested: bool,
 }
 
-fn new_inner(config: &EncoderConfig) -> Result<H264Encoder, CodecError> {
-    H264Encoder::with_api_config(OpenH264API::from_source(), config.openh264())
+fn new_inner(config: &EncoderConfig, tuning: &Openh264Tuning) -> Result<H264Encoder, CodecError> {
+    H264Encoder::with_api_config(OpenH264API::from_source(), config.openh264(tuning))
         .map_err(|e| CodecError::Init { what: "openh264 encoder", reason: openh264_text(&e) })
 }
 
 impl Encoder {
     /// An encoder for `config`; the first frame it encodes is an IDR.
     pub fn new(config: EncoderConfig) -> Result<Encoder, CodecError> {
+        Encoder::with_tuning(config, Openh264Tuning::default())
+    }
+
+    /// An encoder for `config` with openh264's knobs set as `tuning`.
+    pub fn with_tuning(config: EncoderConfig, tuning: Openh264Tuning) -> Result<Encoder, CodecError> {
         config.validate()?;
-        Ok(Encoder { inner: new_inner(&config)?, config, out: BytesMut::new(), keyframe_requested: false })
+        Ok(Encoder {
+            inner: new_inner(&config, &tuning)?,
+            config,
+            tuning,
+            out: BytesMut::new(),
+            keyframe_requested: false,
+        })
     }
 
     /// The config in use (width and height follow the last frame size).
@@ -134,7 +167,7 @@ impl Encoder {
         let source = FrameSource::new(frame)?;
         if (frame.width, frame.height) != (self.config.width, self.config.height) {
             let resized = EncoderConfig { width: frame.width, height: frame.height, ..self.config };
-            self.inner = new_inner(&resized)?;
+            self.inner = new_inner(&resized, &self.tuning)?;
             tracing::info!(
                 from = %format_args!("{}x{}", self.config.width, self.config.height),
                 to = %format_args!("{}x{}", frame.width, frame.height),
