@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::auth::Auth;
 use crate::config::{CameraConfig, Config};
 use crate::hub::Hub;
 use crate::infer::InferenceWorker;
@@ -49,6 +50,21 @@ pub fn demo_camera() -> CameraConfig {
     CameraConfig::new("demo", &format!("file:{DEMO_CLIP}"))
 }
 
+/// Secure by default: serving beyond loopback needs `[auth]` (tokens, or
+/// anonymous viewing chosen on purpose).
+fn check_exposure(config: &Config) -> Result<(), AppError> {
+    let loopback = config.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+    if loopback || config.auth.is_some() {
+        return Ok(());
+    }
+    Err(AppError::Config(format!(
+        "refusing to listen on {} without [auth]: anyone on the network could watch every camera; \
+         add a token (`infercast token new --role admin` prints the lines for the config) \
+         or allow anonymous viewing on purpose with `[auth] anonymous = \"view\"`",
+        config.listen
+    )))
+}
+
 /// Runs until `cancel`: loads the classifier, starts every camera and serves the
 /// API on `config.listen`. Calls `on_listening` with the bound address.
 pub async fn serve(
@@ -57,6 +73,7 @@ pub async fn serve(
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), AppError> {
     config.validate().map_err(AppError::Config)?;
+    check_exposure(&config)?;
     let classifier = {
         let inference = config.inference.clone();
         tokio::task::spawn_blocking(move || InferenceWorker::start(&inference))
@@ -82,6 +99,7 @@ pub async fn serve(
             .map_err(|e| AppError::Camera { name: cam.name.clone(), reason: e.to_string() })?;
         cameras.insert(cam.name.clone(), camera);
     }
+    let auth = Auth::new(config.auth.as_ref(), services.metrics.registry()).map_err(AppError::Config)?;
     let sfu_config = crate::sfu::SfuConfig::from(&config.webrtc);
     let sfu = Arc::new(crate::sfu::Sfu::with_metrics(sfu_config, services.metrics.registry()));
     let state = AppState {
@@ -91,11 +109,13 @@ pub async fn serve(
         sfu: sfu.clone(),
         ice_servers: Arc::new(config.webrtc.ice_servers.clone()),
         shutdown: cancel.clone(),
+        auth,
+        allowed_origins: Arc::new(config.http.allowed_origins.clone()),
     };
     on_listening(addr);
     let shutdown = cancel.clone();
-    let server =
-        axum::serve(listener, api::router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
     let server = tokio::spawn(async move { server.await });
     cancel.cancelled().await;
     sfu.close_all().await;

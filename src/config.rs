@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthConfig, HttpConfig};
 use crate::codec::{DecoderKind, EncoderKind};
 use crate::infer::runtime::find_in_roots;
 
@@ -20,6 +21,11 @@ pub struct Config {
     pub inference: InferenceConfig,
     pub rtsp: RtspConfig,
     pub webrtc: WebRtcConfig,
+    /// `[auth]`: bearer tokens and roles. Required to listen beyond loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// `[http]`: allowed web origins (CORS).
+    pub http: HttpConfig,
     /// `[[camera]]` tables; empty means the built-in demo camera.
     #[serde(rename = "camera")]
     pub cameras: Vec<CameraConfig>,
@@ -33,6 +39,8 @@ impl Default for Config {
             inference: InferenceConfig::default(),
             rtsp: RtspConfig::default(),
             webrtc: WebRtcConfig::default(),
+            auth: None,
+            http: HttpConfig::default(),
             cameras: Vec::new(),
         }
     }
@@ -327,6 +335,10 @@ impl Config {
             return Err(format!("listen = {:?} is not an address like 127.0.0.1:8080", self.listen));
         }
         self.webrtc.validate()?;
+        self.http.validate()?;
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for cam in &self.cameras {
             let valid_name = !cam.name.is_empty()

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod classify;
 pub mod codec;
 pub mod config;

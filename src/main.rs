@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
+
 use infercast::app;
+use infercast::auth::{self, Role};
 use infercast::classify::classify_photos;
 use infercast::config::{Config, ModelVariant};
 use infercast::infer::InferenceWorker;
@@ -32,6 +35,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Bearer tokens for `[auth]`.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Classify still photos: one JSON line with the top-5 classes per photo.
     Classify {
         /// Photos to classify (PNG, JPEG, BMP, WebP, GIF, TIFF).
@@ -43,6 +51,23 @@ enum Command {
         /// Intra-op threads for inference (overrides inference.threads).
         #[arg(long)]
         threads: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Prints a new random token on a line of its own, then the TOML lines to
+    /// paste into the config (which hold only its SHA-256).
+    New {
+        /// What the token may do.
+        #[arg(long, value_enum, default_value = "view")]
+        role: Role,
+        /// Who holds it (shown in logs); default `<role>-<first 6 hash digits>`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Limit the token to these cameras (repeat the flag); default all.
+        #[arg(long = "camera")]
+        cameras: Vec<String>,
     },
 }
 
@@ -65,6 +90,23 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         None => Config::default(),
     };
     match cli.command {
+        Some(Command::Token { action: TokenAction::New { role, name, cameras } }) => {
+            let token = auth::new_token();
+            let sha256 = auth::token_sha256_hex(&token);
+            let name = name.unwrap_or_else(|| format!("{}-{}", role.as_str(), &sha256[..6]));
+            let mut out = std::io::stdout().lock();
+            let cameras =
+                if cameras.is_empty() { String::new() } else { format!("cameras = {}\n", toml::Value::from(cameras)) };
+            writeln!(
+                out,
+                "{token}\n\n# Keep the token above secret; paste these lines into the config (only its SHA-256):\n\
+                 [[auth.tokens]]\nname = {}\nrole = \"{}\"\nsha256 = \"{sha256}\"\n{cameras}",
+                toml::Value::from(name.as_str()),
+                role.as_str()
+            )
+            .map_err(|e| format!("cannot write the token: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Classify { photos, model, threads }) => {
             if let Some(m) = model {
                 config.inference.model = m;

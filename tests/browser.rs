@@ -27,6 +27,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Every check the script must report, in order.
 const CHECKS: &[&str] = &[
     "browser_flags",
+    "logs_in",
     "page_loads_one_tile_per_camera",
     "every_tile_plays",
     "labels_match_api",
@@ -65,11 +66,12 @@ struct Script {
 }
 
 impl Script {
-    fn start(base: &str, artifacts: &Path) -> Script {
+    fn start(base: &str, artifacts: &Path, token: &str) -> Script {
         let mut child = Command::new("node")
             .arg(browser_dir().join("e2e.mjs"))
             .arg(base)
             .arg(artifacts)
+            .env("INFERCAST_TOKEN", token) // not on the command line: other processes can read that
             .current_dir(browser_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -131,13 +133,27 @@ fn viewer_page_in_chromium() {
     }
     let started = Instant::now();
     let mut server = RtspServer::start(&[("/cam1", CLIP), ("/cam2", CLIP)], None);
-    let app = Infercast::start(&[&format!("door={}", server.url("/cam1")), &format!("yard={}", server.url("/cam2"))]);
+    // With authentication on: the page must log in with a view token.
+    let token = infercast::auth::new_token();
+    let config = common::scratch_dir("browser_auth").join("infercast.toml");
+    let toml = format!(
+        "[auth]\n[[auth.tokens]]\nname = \"browser\"\nrole = \"view\"\nsha256 = \"{}\"\n",
+        infercast::auth::token_sha256_hex(&token)
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut app = Infercast::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        &format!("door={}", server.url("/cam1")),
+        &format!("yard={}", server.url("/cam2")),
+    ]);
+    app.token = Some(token.clone());
     app.wait_for("/api/cameras", Duration::from_secs(20), |v| all_streaming(v, 2));
     app.wait_for("/api/labels", Duration::from_secs(20), |v| v.as_array().is_some_and(|a| a.len() == 2));
 
     let artifacts = common::repo().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let mut script = Script::start(&app.base, &artifacts);
+    let mut script = Script::start(&app.base, &artifacts, &token);
     let deadline = Instant::now() + SCRIPT_TIMEOUT;
     let mut checks: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut first_frames = Vec::new();

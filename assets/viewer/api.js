@@ -1,12 +1,50 @@
-// The page's access to the HTTP API: JSON GETs that give up after a timeout,
-// and the label event stream (SSE) kept open across server restarts.
+// The page's access to the HTTP API: the bearer token (kept for this tab in
+// sessionStorage, sent on every request), login for the session cookie the
+// EventSource needs, JSON GETs that give up after a timeout, and the label
+// event stream (SSE) kept open across server restarts.
 
 const STREAM_RETRY_MIN_MS = 500;
 const STREAM_RETRY_MAX_MS = 5000;
+const TOKEN_KEY = 'infercast.token';
 
-/** GET `path` as JSON; throws on a network error, a timeout or a non-2xx status. */
+/** The server wants a (valid) token: show the login form. */
+export class AuthError extends Error {
+  constructor(status) {
+    super(status === 403 ? 'this token may not do that' : 'a token is needed');
+    this.status = status;
+  }
+}
+
+/** `Authorization` for fetch, when the user gave a token in this tab. */
+export function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+export function hasToken() {
+  return sessionStorage.getItem(TOKEN_KEY) != null;
+}
+
+/**
+ * Logs in with `token`: the server checks it and sets the HttpOnly session
+ * cookie the label stream rides on; the token is kept for this tab only.
+ * Throws AuthError for a wrong token.
+ */
+export async function login(token) {
+  const res = await fetch('/api/login', {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${token}` },
+    signal: AbortSignal.timeout(5000),
+  });
+  if (res.status === 401 || res.status === 403) throw new AuthError(res.status);
+  if (!res.ok) throw new Error(`login: HTTP ${res.status}`);
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+/** GET `path` as JSON; throws AuthError on 401/403, Error on a network error, a timeout or another non-2xx. */
 export async function getJson(path, timeoutMs = 5000) {
-  const res = await fetch(path, { cache: 'no-store', signal: AbortSignal.timeout(timeoutMs) });
+  const res = await fetch(path, { cache: 'no-store', headers: authHeaders(), signal: AbortSignal.timeout(timeoutMs) });
+  if (res.status === 401 || res.status === 403) throw new AuthError(res.status);
   if (!res.ok) throw new Error(`GET ${path}: HTTP ${res.status}`);
   return res.json();
 }

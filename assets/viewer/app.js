@@ -2,12 +2,13 @@
 // them current (re-polled every 2 s), routes labels from the SSE stream to
 // their tiles, and ends every video session when the page goes away.
 
-import { getJson, watchLabels } from './api.js';
+import { AuthError, getJson, hasToken, login, watchLabels } from './api.js';
 import { Tile } from './tile.js';
 
 const POLL_MS = 2000;
 
 const grid = document.getElementById('grid');
+const loginForm = document.getElementById('login');
 const summary = document.getElementById('summary');
 /** Tiles by camera name, in the order of /api/cameras. */
 const tiles = new Map();
@@ -61,21 +62,51 @@ async function poll() {
   try {
     sync(await getJson('/api/cameras'));
   } catch (e) {
+    if (e instanceof AuthError) return askForToken(e.message); // stops polling until logged in again
     setSummary(`server unreachable (${e.message})`, false);
     for (const tile of tiles.values()) tile.setOffline();
-  } finally {
-    setTimeout(poll, POLL_MS);
   }
+  setTimeout(poll, POLL_MS);
 }
+
+/** Shows the login form; `start` runs again once a token is accepted. */
+function askForToken(reason) {
+  setSummary(reason, false);
+  for (const tile of tiles.values()) tile.stop();
+  loginForm.hidden = false;
+  loginForm.querySelector('input').focus();
+}
+
+loginForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const input = loginForm.querySelector('input');
+  const error = document.getElementById('login-error');
+  try {
+    await login(input.value.trim());
+    input.value = '';
+    error.textContent = '';
+    loginForm.hidden = true;
+    start();
+  } catch (err) {
+    error.textContent = err instanceof AuthError ? 'That token was not accepted.' : err.message;
+  }
+});
+
+/** The label stream is open (it survives a re-login: it rides on the cookie). */
+let labelsWatched = false;
 
 async function start() {
   try {
     iceServers = (await getJson('/api/webrtc')).ice_servers ?? [];
   } catch (e) {
+    if (e instanceof AuthError) return askForToken(e.message);
     setSummary(`server unreachable (${e.message})`, false);
     setTimeout(start, POLL_MS);
     return;
   }
+  for (const tile of tiles.values()) tile.resume();
+  if (labelsWatched) return poll();
+  labelsWatched = true;
   watchLabels({
     onLabel: showLabel,
     // (Re)connected: catch up on what was missed while the stream was down.
@@ -92,4 +123,5 @@ async function start() {
 addEventListener('pagehide', () => tiles.forEach((t) => t.stop()));
 addEventListener('pageshow', (e) => e.persisted && tiles.forEach((t) => t.resume()));
 
-start();
+// A token kept for this tab renews the session cookie (the label stream's) first.
+(hasToken() ? login(sessionStorage.getItem('infercast.token')).catch(() => {}) : Promise.resolve()).then(start);

@@ -4,6 +4,8 @@
 // for candidates; the server answers with its own and learns ours from the
 // ICE checks. Knows nothing about pages, tiles or retries.
 
+import { authHeaders } from './api.js';
+
 /** A failed WHEP request; `status` is the HTTP status (0: no response). */
 export class WhepError extends Error {
   constructor(status, message) {
@@ -45,7 +47,7 @@ export class WhepSession {
         session.postedAt = performance.now();
         res = await fetch(endpoint, {
           method: 'POST',
-          headers: { 'Content-Type': 'application/sdp' },
+          headers: { 'Content-Type': 'application/sdp', ...authHeaders() },
           body: pc.localDescription.sdp,
           signal: AbortSignal.timeout(timeoutMs),
         });
@@ -88,7 +90,7 @@ export class WhepSession {
     if (this.closed) return;
     this.closed = true;
     if (this.location) {
-      fetch(this.location, { method: 'DELETE', keepalive: true }).catch(() => {});
+      fetch(this.location, { method: 'DELETE', headers: authHeaders(), keepalive: true }).catch(() => {});
     }
     this.pc.close();
   }

@@ -16,8 +16,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 pub use self::error::ApiError;
+use crate::auth::layer::{Guard, SESSION_COOKIE};
+use crate::auth::{self, Auth, Principal};
 use crate::hub::TrackKind;
 use crate::labels::{Label, LabelStore};
 use crate::pipeline::{Camera, CameraState, CameraStatus};
@@ -43,6 +45,10 @@ pub struct AppState {
     pub ice_servers: Arc<Vec<crate::config::IceServer>>,
     /// Ends long-lived responses (SSE) at shutdown.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Tokens, roles, sessions (`[auth]`).
+    pub auth: Auth,
+    /// `[http] allowed_origins` (CORS).
+    pub allowed_origins: Arc<Vec<String>>,
 }
 
 impl AppState {
@@ -51,9 +57,12 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface, every route behind the auth and CORS guard.
 pub fn router(state: AppState) -> Router {
+    let guard = Guard { auth: state.auth.clone(), allowed_origins: state.allowed_origins.clone() };
     Router::new()
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
         .route("/api/cameras", get(list_cameras))
         .route("/api/cameras/{name}", get(get_camera))
         .route("/api/cameras/{name}/snapshot.jpg", get(snapshot::snapshot))
@@ -68,6 +77,46 @@ pub fn router(state: AppState) -> Router {
         .merge(viewer::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(guard, auth::layer::guard))
+}
+
+/// `POST /api/login` with `Authorization: Bearer`: a session cookie (HttpOnly,
+/// SameSite=Strict, 12 h) for what cannot send the header (the page's
+/// EventSource). 204; 400 without a token.
+async fn login(State(state): State<AppState>, Extension(who): Extension<Principal>) -> Response {
+    if !state.auth.enabled() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    if &*who.name == "anonymous" {
+        return ApiError::bad_request("send the token as Authorization: Bearer to log in").into_response();
+    }
+    let id = state.auth.open_session(&who);
+    let cookie =
+        format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", crate::auth::SESSION_TTL_S);
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `POST /api/logout`: ends the session and clears its cookie. 204.
+async fn logout(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
+    if let Some(id) = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(SESSION_COOKIE).and_then(|r| r.strip_prefix('=')))
+    {
+        state.auth.close_session(id);
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    if let Ok(v) = header::HeaderValue::from_str(&clear) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// A camera as `/api/cameras` shows it: status plus viewers per track.
@@ -86,16 +135,16 @@ fn view(camera: &Camera) -> CameraView {
     CameraView { status: camera.status(), viewers }
 }
 
-async fn list_cameras(State(state): State<AppState>) -> Json<Vec<CameraView>> {
-    Json(state.cameras.values().map(|c| view(c)).collect())
+async fn list_cameras(State(state): State<AppState>, Extension(who): Extension<Principal>) -> Json<Vec<CameraView>> {
+    Json(state.cameras.values().filter(|c| who.may_see(&c.name)).map(|c| view(c)).collect())
 }
 
 async fn get_camera(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<CameraView>, ApiError> {
     Ok(Json(view(state.camera(&name)?)))
 }
 
-async fn latest_labels(State(state): State<AppState>) -> Json<Vec<Arc<Label>>> {
-    Json(state.labels.latest_all())
+async fn latest_labels(State(state): State<AppState>, Extension(who): Extension<Principal>) -> Json<Vec<Arc<Label>>> {
+    Json(state.labels.latest_all().into_iter().filter(|l| who.may_see(&l.camera)).collect())
 }
 
 #[derive(Deserialize)]
@@ -127,11 +176,17 @@ async fn label_history(
     Ok(Json(state.labels.history(&camera, since, limit)))
 }
 
-async fn label_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn label_stream(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let shutdown = state.shutdown.clone().cancelled_owned();
-    let labels = BroadcastStream::new(state.labels.subscribe()).filter_map(|r| {
+    let labels = BroadcastStream::new(state.labels.subscribe()).filter_map(move |r| {
         // A lagging client skips labels it missed; the next one still arrives.
         let label = r.ok()?;
+        if !who.may_see(&label.camera) {
+            return None;
+        }
         Event::default().event("label").json_data(&*label).ok().map(Ok)
     });
     let stream = futures::StreamExt::take_until(labels, shutdown);
@@ -139,16 +194,16 @@ async fn label_stream(State(state): State<AppState>) -> Sse<impl Stream<Item = R
 }
 
 /// `GET /api`: what this server offers.
-async fn index(State(state): State<AppState>) -> Json<serde_json::Value> {
+async fn index(State(state): State<AppState>, Extension(who): Extension<Principal>) -> Json<serde_json::Value> {
     Json(json!({
         "name": "infercast",
         "version": env!("CARGO_PKG_VERSION"),
-        "cameras": state.cameras.keys().collect::<Vec<_>>(),
+        "cameras": state.cameras.keys().filter(|c| who.may_see(c)).collect::<Vec<_>>(),
         "endpoints": [
             "GET /api/cameras", "GET /api/cameras/{name}", "GET /api/cameras/{name}/snapshot.jpg[?track=raw]",
             "GET /api/labels", "GET /api/labels/{camera}?since=&limit=", "GET /api/labels/stream (SSE)",
             "POST /whep/{camera}/{raw|annotated} (WHEP)", "GET /api/webrtc", "GET / (viewer page)",
-            "GET /healthz", "GET /readyz", "GET /metrics"
+            "GET /healthz", "GET /readyz", "GET /metrics", "POST /api/login", "POST /api/logout"
         ]
     }))
 }

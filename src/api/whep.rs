@@ -1,6 +1,7 @@
 //! WHEP (RFC 9725): `POST /whep/{camera}/{raw|annotated}` with an SDP offer
 //! creates a viewer session (201, `Location`, SDP answer); `DELETE` on the
-//! `Location` ends it; `OPTIONS` answers CORS preflights. The configured STUN/TURN
+//! `Location` ends it; `OPTIONS` says what it accepts (CORS for allowed
+//! origins is the auth guard's). The configured STUN/TURN
 //! servers go out as `Link: rel="ice-server"` headers with each answer.
 
 use axum::Router;
@@ -29,13 +30,6 @@ fn track_kind(track: &str) -> Result<TrackKind, ApiError> {
     })
 }
 
-fn cors(headers: &mut HeaderMap) {
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, DELETE, OPTIONS"));
-    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("content-type"));
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("location, etag, link"));
-}
-
 fn sfu_error(e: SfuError) -> ApiError {
     match e {
         SfuError::MalformedOffer(m) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_sdp", m),
@@ -47,15 +41,10 @@ fn sfu_error(e: SfuError) -> ApiError {
     }
 }
 
-fn with_cors(e: ApiError) -> Response {
-    let mut r = e.into_response();
-    cors(r.headers_mut());
-    r
-}
-
+/// `OPTIONS`: what the endpoint accepts (CORS headers, for allowed origins
+/// only, come from the auth guard).
 async fn preflight() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
-    cors(r.headers_mut());
     r.headers_mut().insert("accept-post", HeaderValue::from_static(SDP));
     r
 }
@@ -68,7 +57,7 @@ async fn create(
 ) -> Response {
     match create_inner(&state, &camera, &track, &headers, &body).await {
         Ok(r) => r,
-        Err(e) => with_cors(e),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -114,7 +103,6 @@ async fn create_inner(
     for link in ice_server_links(&state.ice_servers) {
         h.append(header::LINK, link);
     }
-    cors(h);
     Ok(r)
 }
 
@@ -152,12 +140,8 @@ async fn delete(
     }
     .await;
     match result {
-        Ok(()) => {
-            let mut r = StatusCode::OK.into_response();
-            cors(r.headers_mut());
-            r
-        }
-        Err(e) => with_cors(e),
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

@@ -15,6 +15,8 @@ import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
 const [base, artifactDir] = process.argv.slice(2);
+/** A view token (env INFERCAST_TOKEN): the page must log in with it. */
+const token = process.env.INFERCAST_TOKEN ?? '';
 if (!base || !artifactDir) {
   console.error('usage: node e2e.mjs BASE_URL ARTIFACT_DIR');
   process.exit(2);
@@ -53,7 +55,8 @@ async function waitFor(what, timeoutMs, probe) {
 }
 
 async function api(path) {
-  const res = await fetch(base + path, { signal: AbortSignal.timeout(5000) });
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const res = await fetch(base + path, { headers, signal: AbortSignal.timeout(5000) });
   if (!res.ok) throw new Error(`GET ${path}: HTTP ${res.status}`);
   return res.json();
 }
@@ -207,6 +210,24 @@ async function run(browserSlot) {
   const cameras = await api('/api/cameras');
   const names = cameras.map((c) => c.name);
   const widthOf = Object.fromEntries(cameras.map((c) => [c.name, c.width]));
+
+  await check('logs_in', async () => {
+    if (!token) return { skipped: 'no token' };
+    await page.goto(base + '/', { waitUntil: 'load', timeout: 15_000 });
+    await page.waitForSelector('#login:not([hidden])', { timeout: 10_000 });
+    if ((await page.$$('section.tile')).length) throw new Error('tiles shown before logging in');
+    await page.fill('#token', 'ic_wrong-token-for-the-test');
+    await page.click('#login button[type=submit]');
+    await waitFor('the refusal shown', 5000, () => page.textContent('#login-error').then((t) => t.includes('not accepted')));
+    await page.fill('#token', token);
+    await page.click('#login button[type=submit]');
+    await page.waitForSelector('#login[hidden]', { state: 'attached', timeout: 10_000 });
+    await waitFor('tiles after logging in', 10_000, async () => (await page.$$('section.tile')).length > 0);
+    const cookies = await page.context().cookies();
+    const session = cookies.find((c) => c.name === 'infercast_session');
+    if (!session?.httpOnly || session.sameSite !== 'Strict') throw new Error(`session cookie ${JSON.stringify(session)}`);
+    return { cookie: { httpOnly: session.httpOnly, sameSite: session.sameSite } };
+  });
 
   await check('page_loads_one_tile_per_camera', async () => {
     await page.goto(base + '/', { waitUntil: 'load', timeout: 15_000 });

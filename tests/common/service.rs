@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct Infercast {
     child: Child,
     pub base: String,
+    /// Sent as `Authorization: Bearer` by `get` and friends when set.
+    pub token: Option<String>,
     /// Everything infercast wrote to stderr so far.
     pub log: Arc<Mutex<String>>,
 }
@@ -40,8 +42,15 @@ impl Infercast {
     /// Starts `infercast --listen 127.0.0.1:0 ARGS...` and waits (≤ 60 s) for it to
     /// say where it listens.
     pub fn start(args: &[&str]) -> Infercast {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Infercast::start_with(&all)
+    }
+
+    /// Starts `infercast ARGS...` (no `--listen` of its own: the config's or
+    /// the arguments' applies) and waits (≤ 60 s) for it to say where it listens.
+    pub fn start_with(args: &[&str]) -> Infercast {
         let mut child = Command::new(env!("CARGO_BIN_EXE_infercast"))
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("ORT_DYLIB_PATH")
@@ -68,11 +77,15 @@ impl Infercast {
             let _ = child.kill();
             panic!("infercast did not start listening; log:\n{}", log.lock().unwrap())
         });
-        Infercast { child, base: format!("http://{addr}"), log }
+        Infercast { child, base: format!("http://{addr}"), token: None, log }
     }
 
     pub fn get(&self, path: &str) -> Reply {
-        let mut resp = agent().get(format!("{}{path}", self.base)).call().expect("HTTP request");
+        let mut req = agent().get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req.call().expect("HTTP request");
         let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let body = resp.body_mut().with_config().limit(64 << 20).read_to_vec().expect("body");
         Reply { status: resp.status().as_u16(), content_type, body }

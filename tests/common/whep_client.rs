@@ -236,6 +236,16 @@ fn reply(mut resp: ureq::http::Response<ureq::Body>) -> HttpReply {
     HttpReply { status: resp.status().as_u16(), content_type, location, etag, headers, body }
 }
 
+/// Any request: `method {base}{path}` with `headers` and `body` (blocking).
+pub fn request(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpReply {
+    let mut req = ureq::http::Request::builder().method(method).uri(format!("{base}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body.to_owned()).expect("request");
+    reply(agent().run(req).expect("HTTP request"))
+}
+
 /// `POST {base}{path}` with `body` as `content_type` (blocking).
 pub fn post(base: &str, path: &str, content_type: &str, body: &str) -> HttpReply {
     reply(agent().post(format!("{base}{path}")).header("content-type", content_type).send(body).expect("HTTP POST"))
