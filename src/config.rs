@@ -328,8 +328,25 @@ impl Config {
         if !(1..=64).contains(&inf.max_batch) {
             return Err(format!("inference.max_batch = {} is out of range 1..=64", inf.max_batch));
         }
-        if inf.queue_len == 0 {
-            return Err("inference.queue_len must be at least 1".into());
+        if !(1..=1024).contains(&inf.queue_len) {
+            return Err(format!("inference.queue_len = {} is out of range 1..=1024", inf.queue_len));
+        }
+        if !(1..=100_000).contains(&self.label_history) {
+            return Err(format!("label_history = {} is out of range 1..=100000", self.label_history));
+        }
+        let r = &self.rtsp;
+        for (key, value, lo, hi) in [
+            ("rtsp.request_timeout_ms", r.request_timeout_ms, 100, 600_000),
+            ("rtsp.frame_timeout_ms", r.frame_timeout_ms, 100, 600_000),
+            ("rtsp.backoff_initial_ms", r.backoff_initial_ms, 10, 3_600_000),
+            ("rtsp.backoff_max_ms", r.backoff_max_ms, 10, 3_600_000),
+        ] {
+            if !(lo..=hi).contains(&value) {
+                return Err(format!("{key} = {value} is out of range {lo}..={hi}"));
+            }
+        }
+        if r.backoff_initial_ms > r.backoff_max_ms {
+            return Err("rtsp.backoff_initial_ms must not exceed rtsp.backoff_max_ms".into());
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("listen = {:?} is not an address like 127.0.0.1:8080", self.listen));
@@ -350,9 +367,9 @@ impl Config {
             if !seen.insert(cam.name.as_str()) {
                 return Err(format!("camera name {:?} is used twice; names must be unique", cam.name));
             }
-            if !(0.0..=120.0).contains(&cam.classify_fps) {
+            if !(cam.classify_fps == 0.0 || (0.01..=120.0).contains(&cam.classify_fps)) {
                 return Err(format!(
-                    "camera {:?}: classify_fps = {} is out of range 0..=120",
+                    "camera {:?}: classify_fps = {} is out of range: 0 (every frame) or 0.01..=120",
                     cam.name, cam.classify_fps
                 ));
             }
@@ -473,6 +490,27 @@ mod tests {
         assert!(turn.validate().expect_err("no credential").contains("username and credential"));
         let err = Config::parse("[webrtc]\npublic_ips = [\"not-an-ip\"]\n").expect_err("bad ip");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_key_and_the_range() {
+        for (text, want) in [
+            (
+                "[[camera]]\nname = \"a\"\nurl = \"rtsp://h/\"\nclassify_fps = 1e-20\n",
+                "classify_fps = 0.00000000000000000001 is out of range: 0 (every frame) or 0.01..=120",
+            ),
+            ("[rtsp]\nframe_timeout_ms = 0\n", "rtsp.frame_timeout_ms = 0 is out of range 100..=600000"),
+            ("[inference]\nqueue_len = 100000000\n", "inference.queue_len = 100000000 is out of range 1..=1024"),
+            ("label_history = 100000000000\n", "label_history = 100000000000 is out of range 1..=100000"),
+            ("[rtsp]\nbackoff_initial_ms = 5000\nbackoff_max_ms = 1000\n", "must not exceed"),
+            (
+                "[[camera]]\nname = \"a\"\nurl = \"rtsp://h/\"\nannotated_scale = 0\n",
+                "annotated_scale = 0 is out of range (0, 1]",
+            ),
+        ] {
+            let err = Config::parse(text).expect("parses").validate().expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

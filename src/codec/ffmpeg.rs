@@ -118,7 +118,7 @@ impl FfmpegDecoder {
         }
         self.times.push_back((au.pts_90k, au.received_at, au.captured_at));
         if let Err(e) = self.inner.send_packet(&packet) {
-            return Err(self.fail(au.pts_90k, format!("libavcodec refused the access unit: {e}")));
+            return Err(self.fail(au.pts_90k, format!("libavcodec refused the access unit: {e} ({e:?})")));
         }
         self.sent_since_flush = true;
         if au.keyframe {

@@ -71,15 +71,46 @@ impl CameraUrl {
         self.url.scheme() == "rtsp"
     }
 
-    /// The redacted form: `rtsp://***@host/path` when credentials were given.
+    /// The redacted form: `rtsp://***@host/path` when credentials were given,
+    /// and the values of secret-looking query parameters (`password=`,
+    /// `token=`, ...; some cameras take credentials there) as `***`.
     pub fn redacted(&self) -> String {
         if let Some(path) = &self.file_path {
             return format!("file:{}", path.display());
         }
-        match &self.credentials {
-            Some(_) => self.url.as_str().replacen("://", "://***@", 1),
-            None => self.url.to_string(),
+        let mut url = self.url.clone();
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = SECRET_QUERY_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                    (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
         }
+        let text = url.to_string().replace("%2A%2A%2A", "***");
+        match &self.credentials {
+            Some(_) => text.replacen("://", "://***@", 1),
+            None => text,
+        }
+    }
+
+    /// `text` (an error from the RTSP client, say) with this URL's secrets
+    /// replaced: the full URL by its redacted form, secret query values by `***`.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.replace(self.url.as_str(), &self.redacted());
+        for (k, v) in self.url.query_pairs() {
+            if !v.is_empty() && SECRET_QUERY_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+                out = out.replace(v.as_ref(), "***");
+            }
+        }
+        if let Some((user, pass)) = self.credentials() {
+            for secret in [pass, user].into_iter().filter(|s| s.len() >= 3) {
+                out = out.replace(secret, "***");
+            }
+        }
+        out
     }
 }
 
@@ -96,6 +127,28 @@ impl fmt::Display for CameraUrl {
     }
 }
 
+/// Query parameters cameras use for credentials; their values are never shown.
+const SECRET_QUERY_KEYS: &[&str] = &[
+    "user",
+    "username",
+    "usr",
+    "login",
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "token",
+    "access_token",
+    "auth",
+    "key",
+    "apikey",
+    "api_key",
+    "secret",
+    "signature",
+    "sig",
+    "session",
+];
+
 fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
@@ -103,6 +156,24 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_string_credentials_are_redacted_and_scrubbed_from_errors() {
+        let u =
+            CameraUrl::parse("rtsp://10.0.0.5/live?channel=1&user=admin&Password=hunter2%26x&token=abc123").unwrap();
+        let shown = u.redacted();
+        assert_eq!(shown, "rtsp://10.0.0.5/live?channel=1&user=***&Password=***&token=***");
+        let err = format!("DESCRIBE {} failed: 401 (token abc123)", u.url());
+        let scrubbed = u.scrub(&err);
+        for secret in ["admin", "hunter2", "abc123"] {
+            assert!(!scrubbed.contains(secret), "{secret} in {scrubbed}");
+        }
+        assert!(scrubbed.contains("channel=1"), "{scrubbed}");
+        let p = CameraUrl::parse("rtsp://op:p%40ss%2Fw%3Fd%23@cam.local/s").unwrap();
+        assert_eq!(p.credentials(), Some(("op", "p@ss/w?d#")));
+        assert_eq!(p.redacted(), "rtsp://***@cam.local/s");
+        assert_eq!(p.scrub("bad password p@ss/w?d# for op"), "bad password *** for op");
+    }
 
     #[test]
     fn credentials_are_split_off_and_never_printed() {

@@ -54,6 +54,7 @@ fn classify_error(e: &retina::Error) -> IngestError {
 }
 
 async fn within<T>(
+    camera: &CameraUrl,
     step: &'static str,
     after: Duration,
     fut: impl Future<Output = Result<T, retina::Error>>,
@@ -61,7 +62,7 @@ async fn within<T>(
     match tokio::time::timeout(after, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, step, "RTSP request failed");
+            tracing::debug!(error = %camera.scrub(&e.to_string()), step, "RTSP request failed");
             Err(classify_error(&e))
         }
         Err(_) => Err(IngestError::Timeout { step, after }),
@@ -88,7 +89,8 @@ impl RtspSession {
             SessionOptions::default().creds(creds).user_agent(concat!("infercast/", env!("CARGO_PKG_VERSION")).into());
         let t = options.request_timeout;
         let mut session =
-            within("DESCRIBE", t, retina::client::Session::describe(camera.url().clone(), session_options)).await?;
+            within(camera, "DESCRIBE", t, retina::client::Session::describe(camera.url().clone(), session_options))
+                .await?;
         let stream_i = session.streams().iter().position(|s| s.media() == "video").ok_or(IngestError::NoVideo)?;
         let stream = &session.streams()[stream_i];
         let codec = codec_name(stream.encoding_name());
@@ -103,8 +105,8 @@ impl RtspSession {
         let setup = SetupOptions::default()
             .transport(Transport::Tcp(TcpTransportOptions::default()))
             .frame_format(FrameFormat::SIMPLE);
-        within("SETUP", t, session.setup(stream_i, setup)).await?;
-        let playing = within("PLAY", t, session.play(PlayOptions::default())).await?;
+        within(camera, "SETUP", t, session.setup(stream_i, setup)).await?;
+        let playing = within(camera, "PLAY", t, session.play(PlayOptions::default())).await?;
         let demuxed = playing.demuxed().map_err(|e| IngestError::Stream(first_line(&e)))?;
         Ok(RtspSession {
             demuxed: Box::pin(demuxed),

@@ -150,11 +150,16 @@ impl Supervisor {
             }
             let permanent = error.is_permanent();
             let delay = if permanent { Duration::from_millis(self.rtsp.backoff_max_ms) } else { backoff.next_delay() };
-            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "camera session ended");
+            // Errors from the RTSP client may quote the URL: never with its secrets.
+            let message = match &self.url {
+                Ok(url) => url.scrub(&error.to_string()),
+                Err(_) => error.to_string(),
+            };
+            tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "camera session ended");
             {
                 let mut s = self.status.write().expect("status lock is never poisoned");
                 let state = if permanent { CameraState::Failed } else { CameraState::Reconnecting };
-                s.set_state(state, Some(error.to_string()));
+                s.set_state(state, Some(message));
                 s.reconnects += 1;
             }
             self.metrics.reconnects.inc();

@@ -10,8 +10,8 @@ use infercast::media::AccessUnit;
 
 use super::whep_client::RtpSink;
 
-/// One RTP packet as received: `(timestamp, marker, payload)`.
-type Packet = (u32, bool, Vec<u8>);
+/// One RTP packet as received: `(sequence number, timestamp, marker, payload)`.
+type Packet = (u16, u32, bool, Vec<u8>);
 
 /// RTP packets as received.
 #[derive(Clone, Default)]
@@ -22,25 +22,61 @@ impl Received {
     pub fn sink(&self) -> RtpSink {
         let store = self.0.clone();
         Arc::new(move |p: &rtc::rtp::Packet| {
-            store.lock().unwrap().push((p.header.timestamp, p.header.marker, p.payload.to_vec()));
+            let h = &p.header;
+            store.lock().unwrap().push((h.sequence_number, h.timestamp, h.marker, p.payload.to_vec()));
         })
     }
 
-    /// Access units rebuilt so far (each ends at a packet with the marker bit),
-    /// Annex B, with the RTP timestamp as pts and IDR ones flagged as keyframes.
-    pub fn access_units(&self) -> Vec<AccessUnit> {
-        let packets = self.0.lock().unwrap().clone();
-        let mut out = Vec::new();
+    /// Access units rebuilt so far, as a player would: packets in sequence
+    /// order (retransmissions put back in place, duplicates dropped), each unit
+    /// ending at a packet with the marker bit, Annex B, the RTP timestamp as
+    /// pts, IDR ones flagged as keyframes. After a sequence gap (a packet lost
+    /// for good) units are dropped up to the next keyframe, as a player waits
+    /// for one; the second value counts them.
+    pub fn access_units_and_lost(&self) -> (Vec<AccessUnit>, usize) {
+        let mut packets = self.0.lock().unwrap().clone();
+        // Extend the 16-bit sequence numbers across wraps, then sort and dedupe.
+        let mut extended = Vec::with_capacity(packets.len());
+        let mut last: Option<i64> = None;
+        for p in packets.drain(..) {
+            let seq = match last {
+                None => i64::from(p.0),
+                Some(l) => l + i64::from(p.0.wrapping_sub(l as u16) as i16),
+            };
+            last = Some(last.map_or(seq, |l| l.max(seq)));
+            extended.push((seq, p));
+        }
+        extended.sort_by_key(|(seq, _)| *seq);
+        extended.dedup_by_key(|(seq, _)| *seq);
+        let (mut out, mut lost) = (Vec::new(), 0);
         let mut au = Vec::new();
-        for (ts, marker, payload) in packets {
+        // A packet of this unit never came / units up to the next keyframe are unusable.
+        let (mut gap_in_unit, mut waiting_for_keyframe) = (false, false);
+        let mut expected = None;
+        for (seq, (_, ts, marker, payload)) in extended {
+            if expected.is_some_and(|e| e != seq) {
+                (gap_in_unit, waiting_for_keyframe) = (true, true);
+            }
+            expected = Some(seq + 1);
             depacketize(&payload, &mut au);
             if marker {
                 let keyframe = nal_types(&au).contains(&5);
                 let data = Bytes::from(std::mem::take(&mut au));
+                if gap_in_unit || (waiting_for_keyframe && !keyframe) {
+                    gap_in_unit = false;
+                    lost += 1;
+                    continue;
+                }
+                waiting_for_keyframe = false;
                 out.push(AccessUnit::new(data, i64::from(ts), keyframe, Instant::now(), SystemTime::now()));
             }
         }
-        out
+        (out, lost)
+    }
+
+    /// [`Received::access_units_and_lost`] without the count.
+    pub fn access_units(&self) -> Vec<AccessUnit> {
+        self.access_units_and_lost().0
     }
 }
 
