@@ -111,6 +111,11 @@ pub async fn serve(
         shutdown: cancel.clone(),
         auth,
         allowed_origins: Arc::new(config.http.allowed_origins.clone()),
+        limits: api::limits::Limits::new(
+            config.limits.clone(),
+            config.cameras.iter().map(|c| c.name.clone()),
+            services.metrics.registry(),
+        ),
     };
     on_listening(addr);
     let shutdown = cancel.clone();

@@ -26,6 +26,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// `[http]`: allowed web origins (CORS).
     pub http: HttpConfig,
+    /// `[limits]`: sessions, streams and snapshots a client can make us hold.
+    pub limits: LimitsConfig,
     /// `[[camera]]` tables; empty means the built-in demo camera.
     #[serde(rename = "camera")]
     pub cameras: Vec<CameraConfig>,
@@ -41,6 +43,7 @@ impl Default for Config {
             webrtc: WebRtcConfig::default(),
             auth: None,
             http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
             cameras: Vec::new(),
         }
     }
@@ -135,6 +138,47 @@ pub enum AnalysisPolicy {
     /// Decode (and classify) only keyframes while nobody watches the annotated
     /// track, whatever `classify_fps` says: the cheapest monitoring.
     Keyframes,
+}
+
+/// `[limits]` in the config.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// WHEP viewer sessions in all (default 500).
+    pub whep_sessions: usize,
+    /// WHEP viewer sessions per camera, both tracks (default 200).
+    pub whep_sessions_per_camera: usize,
+    /// Label streams (`/api/labels/stream`) open at once (default 100).
+    pub sse_streams: usize,
+    /// Snapshots being taken at once per camera (default 2); more get 503.
+    pub snapshots_in_flight_per_camera: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            whep_sessions: 500,
+            whep_sessions_per_camera: 200,
+            sse_streams: 100,
+            snapshots_in_flight_per_camera: 2,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value, hi) in [
+            ("limits.whep_sessions", self.whep_sessions, 100_000),
+            ("limits.whep_sessions_per_camera", self.whep_sessions_per_camera, 100_000),
+            ("limits.sse_streams", self.sse_streams, 100_000),
+            ("limits.snapshots_in_flight_per_camera", self.snapshots_in_flight_per_camera, 64),
+        ] {
+            if !(1..=hi).contains(&value) {
+                return Err(format!("{key} = {value} is out of range 1..={hi}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One `[[camera]]`.
@@ -353,6 +397,7 @@ impl Config {
         }
         self.webrtc.validate()?;
         self.http.validate()?;
+        self.limits.validate()?;
         if let Some(auth) = &self.auth {
             auth.validate()?;
         }

@@ -3,6 +3,7 @@
 //! one place.
 
 mod error;
+pub mod limits;
 mod snapshot;
 mod viewer;
 mod whep;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub auth: Auth,
     /// `[http] allowed_origins` (CORS).
     pub allowed_origins: Arc<Vec<String>>,
+    /// `[limits]` and their counters.
+    pub limits: limits::Limits,
 }
 
 impl AppState {
@@ -179,7 +182,8 @@ async fn label_history(
 async fn label_stream(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, limits::Refused> {
+    let slot = state.limits.sse()?;
     let shutdown = state.shutdown.clone().cancelled_owned();
     let labels = BroadcastStream::new(state.labels.subscribe()).filter_map(move |r| {
         // A lagging client skips labels it missed; the next one still arrives.
@@ -189,8 +193,12 @@ async fn label_stream(
         }
         Event::default().event("label").json_data(&*label).ok().map(Ok)
     });
-    let stream = futures::StreamExt::take_until(labels, shutdown);
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    // The slot lives as long as the stream: freed when the client goes.
+    let stream = futures::StreamExt::take_until(labels, shutdown).map(move |e| {
+        let _held = &slot;
+        e
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// `GET /api`: what this server offers.

@@ -21,6 +21,10 @@ pub async fn snapshot(
     Query(q): Query<SnapshotQuery>,
 ) -> Result<Response, ApiError> {
     let camera = state.camera(&name)?;
+    let _slot = match state.limits.snapshot(&name) {
+        Ok(slot) => slot,
+        Err(refused) => return Ok(refused.into_response()),
+    };
     let track = match q.track.as_deref() {
         None => TrackKind::Annotated,
         Some(t) => TrackKind::parse(t)

@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/whep/{camera}/{track}", post(create).options(preflight))
         .route("/whep/{camera}/{track}/{session}", axum::routing::delete(delete).options(preflight))
+        .layer(axum::extract::DefaultBodyLimit::max(super::limits::WHEP_BODY_BYTES))
 }
 
 fn track_kind(track: &str) -> Result<TrackKind, ApiError> {
@@ -88,6 +89,10 @@ async fn create_inner(
     let offer = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
     if offer.trim().is_empty() {
         return Err(ApiError::bad_request("empty SDP offer"));
+    }
+    let on_camera = cam.tracks.raw.subscriber_count() + cam.tracks.annotated.subscriber_count();
+    if let Err(refused) = state.limits.whep(state.sfu.session_count(), on_camera) {
+        return Ok(refused.into_response());
     }
     let session = state.sfu.create_session(camera, cam.tracks.clone(), kind, offer).await.map_err(sfu_error)?;
     let location = format!("/whep/{camera}/{}/{}", kind.as_str(), session.id);
