@@ -42,18 +42,26 @@ impl LabelStore {
         LabelStore { history_len: history_len.max(1), by_camera: RwLock::default(), tx: broadcast::channel(256).0 }
     }
 
-    /// Records a label and tells live subscribers.
-    pub fn push(&self, label: Label) {
-        let label = Arc::new(label);
+    /// Records a label and tells live subscribers. A camera's `captured_at`
+    /// never goes backwards (a camera whose clock jumps back, by hours even,
+    /// would otherwise hide its new labels from `since=` polling): a label
+    /// older than the previous one gets the previous time plus 1 µs.
+    pub fn push(&self, mut label: Label) {
         {
             let mut map = self.by_camera.write().expect("labels lock is never poisoned");
             let ring = map.entry(label.camera.clone()).or_default();
+            if let Some(last) = ring.back()
+                && label.captured_at <= last.captured_at
+            {
+                label.captured_at = last.captured_at + chrono::Duration::microseconds(1);
+            }
+            let label = Arc::new(label);
             if ring.len() == self.history_len {
                 ring.pop_front();
             }
             ring.push_back(label.clone());
+            let _ = self.tx.send(label); // no subscribers is fine
         }
-        let _ = self.tx.send(label); // no subscribers is fine
     }
 
     /// The latest label of every camera that has one, by camera name.
@@ -99,6 +107,21 @@ mod tests {
             captured_at: DateTime::from_timestamp(1_700_000_000 + n, 0).expect("valid time"),
             latency_ms: 10.0,
         }
+    }
+
+    #[test]
+    fn captured_at_never_goes_back_so_polling_clients_lose_nothing() {
+        let s = LabelStore::new(10);
+        s.push(label("a", 5));
+        let seen = s.history("a", None, 10)[0].captured_at;
+        // The camera's sender reports now put its clock three hours back.
+        let mut back = label("a", 6);
+        back.captured_at -= chrono::Duration::hours(3);
+        s.push(back);
+        s.push(label("a", 4));
+        let newer = s.history("a", Some(seen), 10);
+        assert_eq!(newer.iter().map(|l| l.frame_pts).collect::<Vec<_>>(), [6, 4], "no label lost to since=");
+        assert!(newer[0].captured_at > seen && newer[1].captured_at > newer[0].captured_at);
     }
 
     #[test]
