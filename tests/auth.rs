@@ -231,3 +231,95 @@ fn listening_beyond_loopback_needs_auth_or_anonymous_on_purpose() {
     assert_eq!(get(&app.base, "/api/cameras", &[]).status, 200, "anonymous viewing, chosen on purpose");
     assert_eq!(get(&app.base, "/metrics", &[]).status, 403, "but not the admin endpoints");
 }
+
+/// A key pair made by openssl: (private PKCS#8 PEM, public key DER).
+fn openssl_key(dir: &std::path::Path, name: &str, genpkey: &[&str]) -> (Vec<u8>, Vec<u8>) {
+    let key = dir.join(format!("{name}.pem"));
+    let ok = Command::new("openssl").arg("genpkey").args(genpkey).arg("-out").arg(&key).status().unwrap().success();
+    assert!(ok, "openssl genpkey {genpkey:?}");
+    let der = Command::new("openssl").args(["pkey", "-pubout", "-outform", "DER", "-in"]).arg(&key).output().unwrap();
+    assert!(der.status.success());
+    (std::fs::read(&key).unwrap(), der.stdout)
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn jwt(alg: jsonwebtoken::Algorithm, key: &jsonwebtoken::EncodingKey, kid: &str, claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+#[test]
+fn jwts_from_a_jwks_file_are_verified_with_their_role_and_cameras() {
+    if !netns::isolated("jwts_from_a_jwks_file_are_verified_with_their_role_and_cameras") {
+        return;
+    }
+    add_network_address();
+    let dir = common::scratch_dir("auth_jwt");
+    // An Ed25519 (EdDSA) and a P-256 (ES256) key in the JWKS; a third key that is not.
+    let (ed_pem, ed_der) = openssl_key(&dir, "ed", &["-algorithm", "ed25519"]);
+    let (ec_pem, ec_der) = openssl_key(&dir, "ec", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let (stranger_pem, _) = openssl_key(&dir, "stranger", &["-algorithm", "ed25519"]);
+    let point = &ec_der[ec_der.len() - 64..]; // uncompressed point 04 || x || y at the end of the SPKI
+    let jwks = serde_json::json!({ "keys": [
+        { "kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64url(&ed_der[ed_der.len() - 32..]) },
+        { "kty": "EC", "crv": "P-256", "kid": "ec", "x": b64url(&point[..32]), "y": b64url(&point[32..]) },
+    ]});
+    std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
+    let server = RtspServer::start(&[("/a", CLIP), ("/b", CLIP)], None);
+    let config = dir.join("infercast.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"0.0.0.0:0\"\n[auth]\njwks_file = \"{}\"\njwt_issuer = \"https://id.example\"\n\n\
+             [[camera]]\nname = \"a\"\nurl = \"{}\"\n\n[[camera]]\nname = \"b\"\nurl = \"{}\"\n",
+            dir.join("jwks.json").display(),
+            server.url("/a"),
+            server.url("/b")
+        ),
+    )
+    .unwrap();
+    let mut app = Infercast::start_with(&["--config", config.to_str().unwrap()]);
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    app.base = format!("http://{HOST}:{port}");
+    let base = app.base.clone();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (ed, ec, stranger) = (
+        jsonwebtoken::EncodingKey::from_ed_pem(&ed_pem).unwrap(),
+        jsonwebtoken::EncodingKey::from_ec_pem(&ec_pem).unwrap(),
+        jsonwebtoken::EncodingKey::from_ed_pem(&stranger_pem).unwrap(),
+    );
+    let claims = |role: &str, cameras: Option<&[&str]>, exp: u64| {
+        let mut c = serde_json::json!({ "sub": "alice", "iss": "https://id.example", "role": role, "exp": exp });
+        if let Some(list) = cameras {
+            c["cameras"] = serde_json::json!(list);
+        }
+        c
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+    let status = |path: &str, token: &str| get(&base, path, &[("authorization", &bearer(token))]).status;
+
+    let viewer_a = jwt(jsonwebtoken::Algorithm::EdDSA, &ed, "ed", claims("view", Some(&["a"]), now + 3600));
+    assert_eq!(status("/api/cameras/a", &viewer_a), 200, "EdDSA view token for camera a");
+    assert_eq!(status("/api/cameras/b", &viewer_a), 403, "not for camera b");
+    assert_eq!(status("/metrics", &viewer_a), 403);
+    let admin = jwt(jsonwebtoken::Algorithm::ES256, &ec, "ec", claims("admin", None, now + 3600));
+    assert_eq!(status("/metrics", &admin), 200, "ES256 admin token");
+    assert_eq!(status("/api/cameras/b", &admin), 200);
+
+    let expired = jwt(jsonwebtoken::Algorithm::EdDSA, &ed, "ed", claims("admin", None, now - 3600));
+    assert_eq!(status("/api/cameras", &expired), 401, "expired");
+    let foreign = jwt(jsonwebtoken::Algorithm::EdDSA, &stranger, "ed", claims("admin", None, now + 3600));
+    assert_eq!(status("/api/cameras", &foreign), 401, "signed by a key not in the JWKS");
+    let mut wrong_iss = claims("admin", None, now + 3600);
+    wrong_iss["iss"] = "https://evil.example".into();
+    assert_eq!(status("/api/cameras", &jwt(jsonwebtoken::Algorithm::EdDSA, &ed, "ed", wrong_iss)), 401, "issuer");
+    let mut parts: Vec<String> = viewer_a.split('.').map(str::to_owned).collect();
+    parts[1] = b64url(claims("admin", None, now + 3600).to_string().as_bytes());
+    assert_eq!(status("/api/cameras", &parts.join(".")), 401, "payload changed after signing");
+    assert!(!app.log().contains(&viewer_a), "no token in the log");
+}

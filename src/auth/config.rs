@@ -35,6 +35,17 @@ pub struct AuthConfig {
     /// `[[auth.tokens]]`.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// A JWKS file (`{"keys": [...]}`) whose RSA, P-256 or Ed25519 public keys
+    /// verify JWTs (RS256, ES256, EdDSA) presented as bearer tokens; the
+    /// claims `role` and `cameras` say what they may do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// The `iss` a JWT must carry, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` a JWT must carry, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
 }
 
 /// One `[[auth.tokens]]`: a bearer token known by its SHA-256, or read at

@@ -7,6 +7,7 @@
 //! presented tokens are hashed and compared in constant time.
 
 pub mod config;
+pub mod jwt;
 pub mod layer;
 mod sessions;
 
@@ -80,6 +81,7 @@ struct Inner {
     /// `None`: no `[auth]` section; every request is [`Principal::local`].
     tokens: Option<Vec<Token>>,
     anonymous: Option<Principal>,
+    jwt: Option<jwt::JwtVerifier>,
     sessions: Sessions,
     failures: IntCounterVec,
 }
@@ -126,7 +128,13 @@ impl Auth {
         };
         let anonymous =
             config.and_then(|c| c.anonymous).map(|role| Principal { name: "anonymous".into(), role, cameras: None });
-        Ok(Auth { inner: Arc::new(Inner { tokens, anonymous, sessions: Sessions::default(), failures }) })
+        let jwt = match config {
+            Some(AuthConfig { jwks_file: Some(path), jwt_issuer, jwt_audience, .. }) => {
+                Some(jwt::JwtVerifier::load(path, jwt_issuer.clone(), jwt_audience.clone())?)
+            }
+            _ => None,
+        };
+        Ok(Auth { inner: Arc::new(Inner { tokens, anonymous, jwt, sessions: Sessions::default(), failures }) })
     }
 
     /// Whether `[auth]` is configured.
@@ -134,9 +142,15 @@ impl Auth {
         self.inner.tokens.is_some()
     }
 
-    /// The principal behind a bearer token (the value after `Bearer `).
+    /// The principal behind a bearer token (the value after `Bearer `): a
+    /// configured token, or a JWT that the JWKS keys verify.
     pub fn by_token(&self, token: &str) -> Option<Principal> {
         let tokens = self.inner.tokens.as_ref()?;
+        if let Some(verifier) = &self.inner.jwt
+            && token.split('.').count() == 3
+        {
+            return verifier.verify(token).inspect_err(|reason| tracing::debug!(%reason, "JWT refused")).ok();
+        }
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Compare against every entry so the time does not tell which one matched.
         let mut found = None;
