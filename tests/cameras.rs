@@ -283,3 +283,27 @@ fn sigterm_stops_everything_within_2_s() {
     let took = app.terminate();
     assert!(took <= Duration::from_secs(2), "shutdown took {took:?}");
 }
+
+#[test]
+fn a_panic_in_a_media_thread_fails_that_camera_which_then_recovers() {
+    if !netns::isolated("a_panic_in_a_media_thread_fails_that_camera_which_then_recovers") {
+        return;
+    }
+    let server = RtspServer::start(&[("/a", CLIP), ("/b", CLIP)], None);
+    let (door, yard) = (format!("door={}", server.url("/a")), format!("yard={}", server.url("/b")));
+    // Debug builds panic door's media thread once, at its first picture.
+    let app = Infercast::start_with_env(
+        &["--listen", "127.0.0.1:0", &door, &yard],
+        &[("INFERCAST_TEST_PANIC_MEDIA", "door")],
+    );
+    let failed = app.wait_for("/api/cameras/door", Duration::from_secs(20), |c| state(c) == "failed");
+    let reason = failed["last_error"].as_str().unwrap_or_default();
+    assert!(reason.contains("media thread panicked") && reason.contains("restarted"), "{reason}");
+    assert_eq!(state(&app.camera("yard")), "streaming", "the other camera never notices");
+    app.wait_for("/api/cameras/door", Duration::from_secs(10), |c| state(c) == "streaming");
+    let before = app.get_json("/api/labels/door?limit=1000").as_array().unwrap().len();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = app.get_json("/api/labels/door?limit=1000").as_array().unwrap().len();
+    assert!(after > before, "door is labelled again after the restart ({before} → {after})");
+    assert!(app.log().contains("media thread panicked"));
+}

@@ -186,11 +186,14 @@ struct DecodeState {
     frames: Vec<VideoFrame>,
 }
 
-/// Runs until the queue is closed.
-pub fn run(ctx: MediaContext) {
+/// Runs until the queue is closed. `recovering`: started again after a panic
+/// (the camera shows `failed` until pictures come out again).
+pub fn run(ctx: &MediaContext, mut recovering: bool) {
+    let codec =
+        ctx.status.read().expect("status lock is never poisoned").codec.as_deref().and_then(VideoCodec::from_name);
     let mut dec = DecodeState {
         decoder: None,
-        codec: VideoCodec::H264,
+        codec: codec.unwrap_or(VideoCodec::H264),
         gate: AnalysisGate::new(ctx.config.analysis, ctx.config.classify_fps),
         health: Health::new(Instant::now()),
         frames: Vec::new(),
@@ -212,7 +215,7 @@ pub fn run(ctx: MediaContext) {
             ctx.metrics.dropped("decode_queue_full", skipped);
             dec.health.dropped += skipped as u32;
         }
-        retry_stashed(&ctx, &latest, &mut stash);
+        retry_stashed(ctx, &latest, &mut stash);
         let au = match popped {
             Popped::Closed => break,
             Popped::Idle => continue,
@@ -224,27 +227,29 @@ pub fn run(ctx: MediaContext) {
             }
             Popped::Msg(MediaMsg::AccessUnit(au)) => au,
         };
-        let needs_every_frame = encoder.is_some() || annotated_wanted(&ctx);
+        let needs_every_frame = encoder.is_some() || annotated_wanted(ctx);
         let admit = dec.gate.admit(&au, needs_every_frame);
         if au.keyframe {
-            show_mode(&ctx, &dec.gate, &pacer); // once per GOP
+            show_mode(ctx, &dec.gate, &pacer); // once per GOP
         }
         if admit == Admit::Skip {
-            judge_health(&ctx, &mut dec.health);
+            judge_health(ctx, &mut dec.health, &mut recovering);
             continue;
         }
-        decode(&ctx, &mut dec, &au, admit == Admit::DecodeAlone);
+        decode(ctx, &mut dec, &au, admit == Admit::DecodeAlone);
+        #[cfg(debug_assertions)]
+        test_panic(ctx, &dec.frames);
         let keyframes_only = dec.gate.mode() == AnalysisMode::Keyframes;
         for frame in dec.frames.drain(..) {
-            update_fps(&ctx, &mut fps_window, &frame);
+            update_fps(ctx, &mut fps_window, &frame);
             annotated.frame_interval.observe(frame.pts_90k);
 
             pending_snapshots.extend(ctx.snapshots.try_iter());
             answer_snapshots(&mut pending_snapshots, TrackKind::Raw, &frame);
 
-            classify(&ctx, &mut pre, &mut pacer, &latest, &frame, keyframes_only, &mut stash);
+            classify(ctx, &mut pre, &mut pacer, &latest, &frame, keyframes_only, &mut stash);
 
-            let wanted = annotated_wanted(&ctx);
+            let wanted = annotated_wanted(ctx);
             if wanted {
                 encoder_last_wanted = Instant::now();
             }
@@ -267,12 +272,25 @@ pub fn run(ctx: MediaContext) {
             }
             answer_snapshots(&mut pending_snapshots, TrackKind::Annotated, &picture);
             if encoding && annotated.due(picture.pts_90k) {
-                encode(&ctx, &mut encoder, &picture, annotated.fps());
+                encode(ctx, &mut encoder, &picture, annotated.fps());
             }
         }
-        judge_health(&ctx, &mut dec.health);
+        judge_health(ctx, &mut dec.health, &mut recovering);
     }
     tracing::debug!(camera = %ctx.name, "media thread stopped");
+}
+
+/// Debug builds only: `INFERCAST_TEST_PANIC_MEDIA=<camera>` panics that
+/// camera's media thread once, at its first picture (for the recovery test).
+#[cfg(debug_assertions)]
+fn test_panic(ctx: &MediaContext, frames: &[VideoFrame]) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if !frames.is_empty()
+        && std::env::var("INFERCAST_TEST_PANIC_MEDIA").is_ok_and(|c| c == ctx.name)
+        && !DONE.swap(true, Ordering::AcqRel)
+    {
+        panic!("test-triggered panic in the media thread of {}", ctx.name);
+    }
 }
 
 /// Someone needs the annotated picture of every frame: a subscriber, or `always`.
@@ -296,11 +314,18 @@ fn show_mode(ctx: &MediaContext, gate: &AnalysisGate, pacer: &ClassifyPacer) {
     };
 }
 
-/// Ends a health window: `streaming` ⇄ `degraded`, never touching other states.
-fn judge_health(ctx: &MediaContext, health: &mut Health) {
+/// Ends a health window: `streaming` ⇄ `degraded`, and `failed` → `streaming`
+/// after a media-thread panic once pictures come out again; never touches
+/// other states.
+fn judge_health(ctx: &MediaContext, health: &mut Health, recovering: &mut bool) {
     let Some(verdict) = health.verdict(Instant::now()) else { return };
     let mut s = ctx.status.write().expect("status lock is never poisoned");
     match (s.state, verdict) {
+        (CameraState::Failed, None) if *recovering => {
+            *recovering = false;
+            tracing::info!(camera = %ctx.name, "media thread recovered");
+            s.set_state(CameraState::Streaming, None);
+        }
         (CameraState::Streaming, Some(reason)) => {
             tracing::warn!(camera = %ctx.name, %reason, "camera degraded");
             ctx.metrics.degraded.inc();

@@ -87,7 +87,7 @@ impl Camera {
             status: status.clone(),
             snapshots: snap_rx,
         };
-        std::thread::Builder::new().name(format!("media-{name}")).spawn(move || media::run(ctx))?;
+        std::thread::Builder::new().name(format!("media-{name}")).spawn(move || run_media(ctx))?;
         let supervisor = Supervisor {
             url,
             status: status.clone(),
@@ -98,7 +98,7 @@ impl Camera {
             decoder: config.decoder,
         };
         let span = tracing::info_span!("camera", name = %name);
-        tokio::spawn(supervisor.run(cancel).instrument(span));
+        tokio::spawn(supervise(Arc::new(supervisor), cancel).instrument(span));
         Ok(Arc::new(Camera { name, status, tracks, snapshots: snap_tx }))
     }
 
@@ -122,6 +122,60 @@ impl Camera {
     }
 }
 
+/// Runs the camera's media thread; a panic in it turns the camera `failed`
+/// with the panic's message and starts it again (the other cameras never
+/// notice). Ends when the queue closes.
+fn run_media(ctx: MediaContext) {
+    let mut recovering = false;
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| media::run(&ctx, recovering))) {
+            Ok(()) => return,
+            Err(panic) => {
+                let reason = format!("media thread panicked: {}; restarted", panic_message(panic.as_ref()));
+                tracing::error!(camera = %ctx.name, %reason);
+                ctx.status.write().expect("status lock is never poisoned").set_state(CameraState::Failed, Some(reason));
+                ctx.metrics.dropped("media_thread_panic", 1);
+                recovering = true;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Runs the supervisor until `cancel`; a panic in it turns the camera
+/// `failed` with the reason and runs it again after a second.
+async fn supervise(supervisor: Arc<Supervisor>, cancel: CancellationToken) {
+    loop {
+        let (s, c) = (supervisor.clone(), cancel.clone());
+        match tokio::spawn(async move { s.run(c).await }.in_current_span()).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                let reason =
+                    format!("camera supervisor panicked: {}; restarted", panic_message(e.into_panic().as_ref()));
+                tracing::error!(%reason);
+                supervisor
+                    .status
+                    .write()
+                    .expect("status lock is never poisoned")
+                    .set_state(CameraState::Failed, Some(reason));
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = cancel.cancelled() => return,
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 struct Supervisor {
     url: Result<CameraUrl, IngestError>,
     status: Arc<RwLock<CameraStatus>>,
@@ -133,7 +187,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(self, cancel: CancellationToken) {
+    async fn run(&self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(
             Duration::from_millis(self.rtsp.backoff_initial_ms),
             Duration::from_millis(self.rtsp.backoff_max_ms),

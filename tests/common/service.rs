@@ -50,8 +50,14 @@ impl Infercast {
     /// Starts `infercast ARGS...` (no `--listen` of its own: the config's or
     /// the arguments' applies) and waits (≤ 60 s) for it to say where it listens.
     pub fn start_with(args: &[&str]) -> Infercast {
+        Infercast::start_with_env(args, &[])
+    }
+
+    /// [`Infercast::start_with`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Infercast {
         let mut child = Command::new(env!("CARGO_BIN_EXE_infercast"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env_remove("ORT_DYLIB_PATH")
             .stdin(Stdio::null())
