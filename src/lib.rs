@@ -11,6 +11,8 @@ pub mod auth;
 pub mod classify;
 pub mod codec;
 pub mod config;
+#[cfg(test)]
+mod fuzz;
 pub mod hub;
 pub mod infer;
 pub mod ingest;

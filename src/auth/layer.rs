@@ -29,7 +29,7 @@ pub struct Guard {
 
 /// What a request needs, from its method and path.
 #[derive(Debug, PartialEq, Eq)]
-enum Access {
+pub(crate) enum Access {
     /// The page and its scripts, health probes, CORS preflights, logout.
     Public,
     /// `view` (of `camera`, when the path names one).
@@ -38,7 +38,7 @@ enum Access {
     AdminOrLoopback,
 }
 
-fn access(method: &Method, path: &str) -> Access {
+pub(crate) fn access(method: &Method, path: &str) -> Access {
     if method == Method::OPTIONS {
         return Access::Public;
     }

@@ -73,12 +73,14 @@ impl CameraUrl {
 
     /// The redacted form: `rtsp://***@host/path` when credentials were given,
     /// and the values of secret-looking query parameters (`password=`,
-    /// `token=`, ...; some cameras take credentials there) as `***`.
+    /// `token=`, ...; some cameras take credentials there) as `***`; no
+    /// `#fragment` (found by `fuzz_camera_urls`: a password after a `#`).
     pub fn redacted(&self) -> String {
         if let Some(path) = &self.file_path {
             return format!("file:{}", path.display());
         }
         let mut url = self.url.clone();
+        url.set_fragment(None); // never sent to a camera; may hold anything
         if url.query().is_some() {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
