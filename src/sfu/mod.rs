@@ -311,8 +311,10 @@ impl Sfu {
         for e in &entries {
             e.cancel.cancel();
         }
+        // All sessions wind down at once, under one deadline (not 2 s each).
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
         for e in entries {
-            let _ = tokio::time::timeout(Duration::from_secs(2), e.finished.cancelled()).await;
+            let _ = tokio::time::timeout_at(deadline, e.finished.cancelled()).await;
         }
     }
 }
