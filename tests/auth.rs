@@ -28,6 +28,15 @@ fn add_network_address() {
     assert!(ok, "cannot add {HOST} in the test namespace");
 }
 
+/// Starts infercast with `config` (which listens on 0.0.0.0:0) and points the
+/// client at the non-loopback address.
+fn start_on_network(config: &std::path::Path) -> Infercast {
+    let mut app = Infercast::start_with(&["--config", config.to_str().unwrap()]);
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    app.base = format!("http://{HOST}:{port}");
+    app
+}
+
 /// `infercast token new ARGS`: (token, TOML lines).
 fn token_new(args: &[&str]) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_infercast")).args(["token", "new"]).args(args).output().unwrap();
@@ -81,9 +90,7 @@ fn tokens_roles_cameras_sessions_and_origins_on_a_network_address() {
         ),
     )
     .unwrap();
-    let mut app = Infercast::start_with(&["--config", config.to_str().unwrap()]);
-    let port = app.base.rsplit(':').next().unwrap().to_owned();
-    app.base = format!("http://{HOST}:{port}");
+    let app = start_on_network(&config);
     let base = app.base.clone();
     let view = format!("Bearer {viewer_token}");
     let admin = format!("Bearer {admin_token}");
@@ -225,9 +232,7 @@ fn listening_beyond_loopback_needs_auth_or_anonymous_on_purpose() {
 
     let config = common::scratch_dir("auth_anonymous").join("infercast.toml");
     std::fs::write(&config, "listen = \"0.0.0.0:0\"\n[auth]\nanonymous = \"view\"\n").unwrap();
-    let mut app = Infercast::start_with(&["--config", config.to_str().unwrap()]);
-    let port = app.base.rsplit(':').next().unwrap().to_owned();
-    app.base = format!("http://{HOST}:{port}");
+    let app = start_on_network(&config);
     assert_eq!(get(&app.base, "/api/cameras", &[]).status, 200, "anonymous viewing, chosen on purpose");
     assert_eq!(get(&app.base, "/metrics", &[]).status, 403, "but not the admin endpoints");
 }
@@ -283,9 +288,7 @@ fn jwts_from_a_jwks_file_are_verified_with_their_role_and_cameras() {
         ),
     )
     .unwrap();
-    let mut app = Infercast::start_with(&["--config", config.to_str().unwrap()]);
-    let port = app.base.rsplit(':').next().unwrap().to_owned();
-    app.base = format!("http://{HOST}:{port}");
+    let app = start_on_network(&config);
     let base = app.base.clone();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let (ed, ec, stranger) = (

@@ -290,16 +290,7 @@ mod tests {
     fn survives_garbage_and_never_shows_a_smeared_picture() {
         let (frames, aus) = encode_sequence(320, 240, 30, 10);
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    (seed >> 24) as u8
-                })
-                .collect()
-        };
+        let mut noise = |n: usize| crate::codec::testutil::noise(&mut seed, n);
         let mut garbage = vec![noise(2000), Vec::new(), vec![0, 0, 1], vec![0, 0, 0, 1, 0x65]];
         for header in [0x65u8, 0x41, 0x67, 0x68, 0x06] {
             let mut g = vec![0, 0, 0, 1, header];

@@ -242,6 +242,18 @@ pub(crate) mod testutil {
         f
     }
 
+    /// `n` pseudo-random bytes (xorshift64), the same for the same `seed`.
+    pub fn noise(seed: &mut u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                (*seed >> 24) as u8
+            })
+            .collect()
+    }
+
     /// PSNR of two Y planes of the same size, dB (99 when identical).
     pub fn psnr_y(a: &VideoFrame, b: &VideoFrame) -> f64 {
         assert_eq!((a.width, a.height), (b.width, b.height));
