@@ -111,6 +111,7 @@ pub async fn serve(
         shutdown: cancel.clone(),
         auth,
         allowed_origins: Arc::new(config.http.allowed_origins.clone()),
+        server_names: Arc::new(config.http.server_names.clone()),
         limits: api::limits::Limits::new(
             config.limits.clone(),
             config.cameras.iter().map(|c| c.name.clone()),

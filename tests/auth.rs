@@ -59,11 +59,16 @@ fn header<'a>(r: &'a HttpReply, name: &str) -> Option<&'a str> {
 
 /// The status line of a GET (for streams that never end), with `headers`.
 fn status_of_stream(base: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    status_with_host(base, base.trim_start_matches("http://"), path, headers)
+}
+
+/// The status line of a GET to `base` that names `host` in its `Host` header.
+fn status_with_host(base: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").unwrap();
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).unwrap();
     let line = String::from_utf8_lossy(&buf[..n]);
@@ -234,6 +239,9 @@ fn listening_beyond_loopback_needs_auth_or_anonymous_on_purpose() {
     std::fs::write(&config, "listen = \"0.0.0.0:0\"\n[auth]\nanonymous = \"view\"\n").unwrap();
     let app = start_on_network(&config);
     assert_eq!(get(&app.base, "/api/cameras", &[]).status, 200, "anonymous viewing, chosen on purpose");
+    // DNS rebinding: a web page's own name pointed at us gets nothing without a credential.
+    assert_eq!(status_with_host(&app.base, "evil.example", "/api/cameras", &[]), 403);
+    assert_eq!(status_with_host(&app.base, "localhost:8080", "/api/cameras", &[]), 200);
     assert_eq!(get(&app.base, "/metrics", &[]).status, 403, "but not the admin endpoints");
 }
 

@@ -50,6 +50,8 @@ pub struct AppState {
     pub auth: Auth,
     /// `[http] allowed_origins` (CORS).
     pub allowed_origins: Arc<Vec<String>>,
+    /// `[http] server_names` (DNS-rebinding defence for credential-less requests).
+    pub server_names: Arc<Vec<String>>,
     /// `[limits]` and their counters.
     pub limits: limits::Limits,
 }
@@ -62,7 +64,11 @@ impl AppState {
 
 /// The whole HTTP surface, every route behind the auth and CORS guard.
 pub fn router(state: AppState) -> Router {
-    let guard = Guard { auth: state.auth.clone(), allowed_origins: state.allowed_origins.clone() };
+    let guard = Guard {
+        auth: state.auth.clone(),
+        allowed_origins: state.allowed_origins.clone(),
+        server_names: state.server_names.clone(),
+    };
     Router::new()
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))

@@ -77,6 +77,10 @@ pub struct HttpConfig {
     /// Web origins (`https://dashboard.example.com`) whose pages may call the
     /// API and WHEP from the browser (CORS). Default none: same origin only.
     pub allowed_origins: Vec<String>,
+    /// Host names this server answers to without a credential (anonymous or no
+    /// `[auth]`), besides IP addresses and `localhost`: a defence against DNS
+    /// rebinding, where a web page's own host name is pointed at this server.
+    pub server_names: Vec<String>,
 }
 
 impl AuthConfig {

@@ -25,6 +25,23 @@ pub struct Guard {
     pub auth: Auth,
     /// `[http] allowed_origins`.
     pub allowed_origins: Arc<Vec<String>>,
+    /// `[http] server_names`.
+    pub server_names: Arc<Vec<String>>,
+}
+
+/// Whether a request without a credential may use this `Host`: an IP address,
+/// `localhost`, or a configured server name. Anything else is a name some web
+/// page may have pointed at us (DNS rebinding).
+fn host_allowed(host: Option<&str>, server_names: &[String]) -> bool {
+    let Some(host) = host else { return true }; // HTTP/1.0 without Host: no browser
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || server_names.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
 /// What a request needs, from its method and path.
@@ -104,6 +121,15 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
         let cookie_ok = matches!(*req.method(), Method::GET | Method::HEAD);
         g.auth.identify(authorization, cookie(h, SESSION_COOKIE), cookie_ok)
     };
+    let credential_less = identity.as_ref().is_ok_and(|p| matches!(&*p.name, "local" | "anonymous"));
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    if credential_less && needs != Access::Public && !host_allowed(host, &g.server_names) {
+        g.auth.count_failure(Denied::Forbidden);
+        tracing::warn!(host = host.unwrap_or_default(), "request for an unknown host name refused (DNS rebinding?)");
+        let mut r = refusal(Denied::Forbidden, "this host name is not one of [http] server_names");
+        cors(&mut r, origin);
+        return r;
+    }
     let verdict = match (&needs, identity) {
         (Access::Public, who) => Ok(who.unwrap_or_else(|_| Principal {
             name: "public".into(),
@@ -160,6 +186,17 @@ mod tests {
         assert_eq!(access(&Method::OPTIONS, "/whep/door/raw"), Access::Public);
         assert_eq!(access(&get, "/api/nothing/here"), Access::View { camera: None });
         assert_eq!(access(&get, "/api/cameras/d%6F%6Fr"), Access::View { camera: Some("door".into()) });
+    }
+
+    #[test]
+    fn hosts_without_credentials_are_ips_localhost_or_configured_names() {
+        let names = ["cams.example.org".to_owned()];
+        for ok in ["127.0.0.1:8080", "10.0.0.5", "[::1]:8080", "localhost:8080", "CAMS.example.org:443"] {
+            assert!(host_allowed(Some(ok), &names), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example"] {
+            assert!(!host_allowed(Some(bad), &names), "{bad}");
+        }
     }
 
     #[test]
