@@ -74,6 +74,20 @@ impl Received {
         (out, lost)
     }
 
+    /// Waits (polling, at most `within`) until `n` usable access units are in;
+    /// returns them and how many were lost. A loopback path loses nothing on a
+    /// quiet machine; on a starved one a lost packet costs the rest of its GOP.
+    pub fn wait_for_units(&self, n: usize, within: std::time::Duration) -> (Vec<AccessUnit>, usize) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (units, lost) = self.access_units_and_lost();
+            if units.len() >= n || Instant::now() > deadline {
+                return (units, lost);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// [`Received::access_units_and_lost`] without the count.
     pub fn access_units(&self) -> Vec<AccessUnit> {
         self.access_units_and_lost().0
