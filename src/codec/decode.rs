@@ -289,16 +289,10 @@ mod tests {
     #[test]
     fn survives_garbage_and_never_shows_a_smeared_picture() {
         let (frames, aus) = encode_sequence(320, 240, 30, 10);
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut noise = |n: usize| crate::codec::testutil::noise(&mut seed, n);
-        let mut garbage = vec![noise(2000), Vec::new(), vec![0, 0, 1], vec![0, 0, 0, 1, 0x65]];
-        for header in [0x65u8, 0x41, 0x67, 0x68, 0x06] {
-            let mut g = vec![0, 0, 0, 1, header];
-            g.extend(noise(1500));
-            garbage.push(g);
-        }
+        let mut garbage = crate::codec::testutil::garbage_units();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut sps_pps_then_noise = aus[0].data[..aus[0].data.len().min(40)].to_vec();
-        sps_pps_then_noise.extend(noise(3000));
+        sps_pps_then_noise.extend(crate::codec::testutil::noise(&mut seed, 3000));
         garbage.push(sps_pps_then_noise);
 
         for (i, g) in garbage.iter().enumerate() {

@@ -277,14 +277,7 @@ mod tests {
     #[test]
     fn truncated_and_garbage_units_never_show_a_smeared_picture() {
         let (frames, aus) = encode_sequence(320, 240, 30, 10);
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut noise = |n: usize| crate::codec::testutil::noise(&mut seed, n);
-        let mut garbage = vec![noise(2000), Vec::new(), vec![0, 0, 1], vec![0, 0, 0, 1, 0x65]];
-        for header in [0x65u8, 0x41, 0x67, 0x68, 0x06] {
-            let mut g = vec![0, 0, 0, 1, header];
-            g.extend(noise(1500));
-            garbage.push(g);
-        }
+        let mut garbage = crate::codec::testutil::garbage_units();
         garbage.push(aus[4].data[..aus[4].data.len() / 2].to_vec()); // truncated
         for (i, g) in garbage.iter().enumerate() {
             let mut dec = FfmpegDecoder::new(VideoCodec::H264).unwrap();

@@ -242,6 +242,19 @@ pub(crate) mod testutil {
         f
     }
 
+    /// Access-unit bodies no decoder should show a picture from: noise, empty,
+    /// bare start codes, and slice / SPS / PPS / SEI headers followed by noise.
+    pub fn garbage_units() -> Vec<Vec<u8>> {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut garbage = vec![noise(&mut seed, 2000), Vec::new(), vec![0, 0, 1], vec![0, 0, 0, 1, 0x65]];
+        for header in [0x65u8, 0x41, 0x67, 0x68, 0x06] {
+            let mut g = vec![0, 0, 0, 1, header];
+            g.extend(noise(&mut seed, 1500));
+            garbage.push(g);
+        }
+        garbage
+    }
+
     /// `n` pseudo-random bytes (xorshift64), the same for the same `seed`.
     pub fn noise(seed: &mut u64, n: usize) -> Vec<u8> {
         (0..n)
