@@ -6,30 +6,25 @@
 //! Synchronous code on its own OS thread; it never blocks on the network,
 //! viewers or inference (requests are submitted without waiting).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::analysis::{Admit, AnalysisGate, AnalysisMode};
+use super::annotate::{AnnotatedShape, encode};
+use super::classify::{ClassifyPacer, Latest, Stashed, classify, retry_stashed};
 use super::health::Health;
 use super::queue::{FrameQueue, MediaMsg, Popped};
 use super::status::{CameraState, CameraStatus};
-use crate::codec::encode::EncoderConfig;
 use crate::codec::{AnnotatedEncoder, VideoDecoder};
 use crate::config::{CameraConfig, EncodePolicy};
 use crate::hub::{CameraTracks, TrackKind};
-use crate::infer::{INPUT_LEN, InferError, InferenceWorker, Offer, Preprocessor, Reply};
-use crate::labels::{Label, LabelStore};
-use crate::media::scale::scaled_size;
+use crate::infer::{InferenceWorker, Preprocessor};
+use crate::labels::LabelStore;
 use crate::media::{AccessUnit, VideoCodec, VideoFrame};
 use crate::overlay::Overlay;
 use crate::telemetry::{CameraMetrics, Stage};
-
-/// Slowest classification rate the pipeline backs off to when behind, seconds per frame.
-const MAX_CLASSIFY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A request for the next frame of one track, as decoded I420.
 pub struct SnapshotRequest {
@@ -48,132 +43,6 @@ pub struct MediaContext {
     pub metrics: CameraMetrics,
     pub status: Arc<RwLock<CameraStatus>>,
     pub snapshots: std::sync::mpsc::Receiver<SnapshotRequest>,
-}
-
-/// The label drawn on frames and the in-flight flag, shared with inference callbacks.
-#[derive(Default)]
-struct Latest {
-    label: Mutex<Option<(String, f32)>>,
-    in_flight: AtomicBool,
-}
-
-struct ClassifyPacer {
-    target: Duration,
-    effective: Duration,
-    /// When the next classification is due: advanced by `effective` from the
-    /// previous due time, not from the frame that happened to be used, so the
-    /// achieved rate is the configured one and not rounded down to frame times.
-    next_due: Option<Instant>,
-}
-
-impl ClassifyPacer {
-    fn new(classify_fps: f32) -> ClassifyPacer {
-        let target = if classify_fps > 0.0 { Duration::from_secs_f32(1.0 / classify_fps) } else { Duration::ZERO };
-        ClassifyPacer { target, effective: target, next_due: None }
-    }
-
-    fn due(&self, now: Instant) -> bool {
-        self.next_due.is_none_or(|t| now >= t)
-    }
-
-    fn submitted(&mut self, now: Instant) {
-        // After a stall (or at start) restart from now instead of bursting to catch up.
-        let base = self.next_due.filter(|&t| now.saturating_duration_since(t) < self.effective).unwrap_or(now);
-        self.next_due = Some(base + self.effective);
-    }
-
-    /// Behind: the previous request has not finished or the worker is full.
-    fn slow_down(&mut self) {
-        let slower = self.effective.max(Duration::from_millis(40)).mul_f32(1.25);
-        self.effective = slower.min(MAX_CLASSIFY_INTERVAL.max(self.target));
-    }
-
-    fn speed_up(&mut self) {
-        self.effective = self.effective.mul_f32(0.9).max(self.target);
-    }
-
-    fn effective_fps(&self) -> f32 {
-        if self.effective.is_zero() { 0.0 } else { 1.0 / self.effective.as_secs_f32() }
-    }
-}
-
-/// The stream's frame interval, from the pts of consecutive pictures (90 kHz).
-#[derive(Default)]
-struct FrameInterval {
-    last_pts: Option<i64>,
-    interval_90k: Option<i64>,
-}
-
-impl FrameInterval {
-    fn observe(&mut self, pts: i64) {
-        if let Some(last) = self.last_pts
-            && (1..=90_000).contains(&(pts - last))
-        {
-            self.interval_90k = Some(pts - last);
-        }
-        self.last_pts = Some(pts);
-    }
-
-    /// Frames per second (25 until known).
-    fn fps(&self) -> f32 {
-        self.interval_90k.map_or(25.0, |i| 90_000.0 / i as f32)
-    }
-}
-
-/// Size and rate of the annotated track (`annotated_scale`, `annotated_fps`).
-struct AnnotatedShape {
-    scale: f32,
-    fps: Option<f32>,
-    frame_interval: FrameInterval,
-    /// pts at which the next annotated frame is due (with `annotated_fps`).
-    next_due_90k: Option<i64>,
-}
-
-impl AnnotatedShape {
-    fn new(config: &CameraConfig) -> AnnotatedShape {
-        AnnotatedShape {
-            scale: config.annotated_scale,
-            fps: config.annotated_fps,
-            frame_interval: FrameInterval::default(),
-            next_due_90k: None,
-        }
-    }
-
-    /// The annotated track's frame rate: `annotated_fps`, capped by the stream's.
-    fn fps(&self) -> f32 {
-        let stream = self.frame_interval.fps();
-        self.fps.map_or(stream, |f| f.min(stream))
-    }
-
-    /// The picture at the annotated size (the frame itself at scale 1).
-    fn scale(&self, frame: VideoFrame) -> VideoFrame {
-        if self.scale >= 1.0 {
-            return frame;
-        }
-        let (w, h) = scaled_size(frame.width, frame.height, self.scale);
-        frame.downscaled(w, h)
-    }
-
-    /// Whether the frame at `pts` is encoded, keeping `annotated_fps` on average.
-    fn due(&mut self, pts: i64) -> bool {
-        let Some(fps) = self.fps else { return true };
-        let interval = (90_000.0 / fps) as i64;
-        // Half a 25 fps frame of slack, so 12.5 fps takes every other frame of 25.
-        match self.next_due_90k {
-            // Early: skip (unless the source jumped back: start over below).
-            Some(due) if (due - 2 * interval..due - 1800).contains(&pts) => false,
-            // On time, or late by less than a frame: keep the grid.
-            Some(due) if (due - 1800..due + interval).contains(&pts) => {
-                self.next_due_90k = Some(due + interval);
-                true
-            }
-            // First frame, a stall or a jump: a new grid from here.
-            _ => {
-                self.next_due_90k = Some(pts + interval);
-                true
-            }
-        }
-    }
 }
 
 /// Per-thread state of the decode step.
@@ -284,6 +153,7 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
 /// camera's media thread once, at its first picture (for the recovery test).
 #[cfg(debug_assertions)]
 fn test_panic(ctx: &MediaContext, frames: &[VideoFrame]) {
+    use std::sync::atomic::{AtomicBool, Ordering};
     static DONE: AtomicBool = AtomicBool::new(false);
     if !frames.is_empty()
         && std::env::var("INFERCAST_TEST_PANIC_MEDIA").is_ok_and(|c| c == ctx.name)
@@ -298,7 +168,7 @@ fn annotated_wanted(ctx: &MediaContext) -> bool {
     ctx.config.encode_annotated == EncodePolicy::Always || ctx.tracks.annotated.subscriber_count() > 0
 }
 
-fn ms_since(t: Instant) -> f64 {
+pub(super) fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
@@ -389,206 +259,5 @@ fn answer_snapshots(pending: &mut Vec<SnapshotRequest>, track: TrackKind, frame:
     *pending = later;
     for r in now {
         let _ = r.reply.send(frame.clone()); // the requester may have timed out
-    }
-}
-
-fn classify(
-    ctx: &MediaContext,
-    pre: &mut Preprocessor,
-    pacer: &mut ClassifyPacer,
-    latest: &Arc<Latest>,
-    frame: &VideoFrame,
-    every_picture: bool,
-    stash: &mut Option<Stashed>,
-) {
-    let now = Instant::now();
-    if !every_picture && !pacer.due(now) {
-        return;
-    }
-    if latest.in_flight.load(Ordering::Acquire) {
-        if !every_picture || stash.is_none() {
-            pacer.slow_down();
-            return;
-        }
-        // A newer keyframe replaces the one still waiting for room.
-        *stash = None;
-        ctx.metrics.dropped("inference_busy", 1);
-    }
-    let t = Instant::now();
-    let mut tensor = vec![0.0; INPUT_LEN];
-    pre.i420_to_tensor(&frame.view(), &mut tensor);
-    ctx.metrics.stage(Stage::Preprocess, ms_since(t));
-    pacer.submitted(now);
-    latest.in_flight.store(true, Ordering::Release);
-    let reply = {
-        let (latest, labels, metrics, name) =
-            (latest.clone(), ctx.labels.clone(), ctx.metrics.clone(), ctx.name.clone());
-        let (pts, captured_at) = (frame.pts_90k, frame.captured_at);
-        Box::new(move |result: Result<crate::infer::Classification, InferError>| {
-            latest.in_flight.store(false, Ordering::Release);
-            let c = match result {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(camera = %name, error = %e, "classification failed");
-                    return;
-                }
-            };
-            let Some(top) = c.top.first() else { return };
-            let latency = SystemTime::now().duration_since(captured_at).unwrap_or_default();
-            metrics.stage(Stage::Infer, c.infer_ms);
-            metrics.classified.inc();
-            metrics.capture_to_label.observe(latency.as_secs_f64());
-            *latest.label.lock().expect("label lock is never poisoned") = Some((top.label.to_string(), top.score));
-            labels.push(Label {
-                camera: name,
-                label: top.label.clone(),
-                class_id: top.class_id,
-                score: top.score,
-                top5: c.top.clone(),
-                frame_pts: pts,
-                captured_at: DateTime::<Utc>::from(captured_at),
-                latency_ms: latency.as_secs_f64() * 1e3,
-            });
-        })
-    };
-    match ctx.classifier.offer(tensor, reply) {
-        Ok(()) => pacer.speed_up(),
-        // Keyframe-only: the one picture of this GOP waits for room (retried
-        // every access unit, see `retry_stashed`) rather than being lost.
-        Err(Offer::Full(tensor, reply)) if every_picture => *stash = Some(Stashed { tensor, reply, since: now }),
-        Err(Offer::Full(..)) => {
-            latest.in_flight.store(false, Ordering::Release);
-            ctx.metrics.dropped("inference_busy", 1);
-            pacer.slow_down();
-        }
-        Err(Offer::Stopped) => {
-            latest.in_flight.store(false, Ordering::Release);
-            tracing::warn!(camera = %ctx.name, "cannot classify: the inference worker has stopped");
-        }
-    }
-    if !every_picture {
-        ctx.status.write().expect("status lock is never poisoned").classify_fps_effective = pacer.effective_fps();
-    }
-}
-
-/// A keyframe's classification waiting for room in the inference queue.
-struct Stashed {
-    tensor: Vec<f32>,
-    reply: Reply,
-    since: Instant,
-}
-
-/// Longest a stashed classification waits before it is dropped (the next GOP's
-/// keyframe is due by then on any camera with a GOP of 2 s or less).
-const MAX_STASH_WAIT: Duration = Duration::from_secs(2);
-
-/// Offers the stashed classification again (once per access unit).
-fn retry_stashed(ctx: &MediaContext, latest: &Latest, stash: &mut Option<Stashed>) {
-    let Some(Stashed { tensor, reply, since }) = stash.take() else { return };
-    if since.elapsed() > MAX_STASH_WAIT {
-        latest.in_flight.store(false, Ordering::Release);
-        ctx.metrics.dropped("inference_busy", 1);
-        return;
-    }
-    match ctx.classifier.offer(tensor, reply) {
-        Ok(()) => {}
-        Err(Offer::Full(tensor, reply)) => *stash = Some(Stashed { tensor, reply, since }),
-        Err(Offer::Stopped) => latest.in_flight.store(false, Ordering::Release),
-    }
-}
-
-fn encode(ctx: &MediaContext, encoder: &mut Option<AnnotatedEncoder>, frame: &VideoFrame, fps: f32) {
-    let mut force_idr = ctx.tracks.annotated.take_keyframe_request();
-    if encoder.is_none() {
-        let fps = fps.clamp(1.0, 60.0);
-        let config = EncoderConfig {
-            width: frame.width,
-            height: frame.height,
-            bitrate_bps: ctx.config.annotated_bitrate_bps,
-            max_fps: fps,
-            gop_frames: (fps * 2.0).round() as u32,
-        };
-        match AnnotatedEncoder::new(ctx.config.annotated_encoder, config) {
-            Ok(e) => *encoder = Some(e),
-            Err(e) => {
-                tracing::error!(camera = %ctx.name, error = %e, "cannot create the H.264 encoder");
-                return;
-            }
-        }
-        tracing::info!(
-            camera = %ctx.name,
-            encoder = ?ctx.config.annotated_encoder,
-            size = %format_args!("{}x{}", frame.width, frame.height),
-            fps,
-            "annotated encoder started"
-        );
-        force_idr = true;
-    }
-    let Some(enc) = encoder.as_mut() else { return };
-    let t = Instant::now();
-    match enc.encode(frame, force_idr) {
-        Ok(au) => {
-            ctx.metrics.stage(Stage::Encode, ms_since(t));
-            ctx.metrics.encoded.inc();
-            if let Ok(age) = SystemTime::now().duration_since(frame.captured_at) {
-                ctx.metrics.capture_to_encoded.observe(age.as_secs_f64());
-            }
-            ctx.tracks.annotated.publish(au);
-        }
-        Err(e) => tracing::warn!(camera = %ctx.name, error = %e, "encode failed"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pacer_slows_down_when_behind_and_recovers_to_target() {
-        let mut p = ClassifyPacer::new(5.0);
-        assert!((p.effective_fps() - 5.0).abs() < 0.01);
-        for _ in 0..50 {
-            p.slow_down();
-        }
-        assert!((p.effective_fps() - 0.5).abs() < 0.01, "floor at 0.5 fps: {}", p.effective_fps());
-        for _ in 0..100 {
-            p.speed_up();
-        }
-        assert!((p.effective_fps() - 5.0).abs() < 0.01);
-        let every = ClassifyPacer::new(0.0);
-        assert!(every.due(Instant::now()) && every.effective_fps() == 0.0);
-    }
-
-    #[test]
-    fn annotated_fps_takes_the_configured_share_of_frames() {
-        for (fps, want) in [(12.5f32, 125), (10.0, 100), (5.0, 50), (25.0, 250), (30.0, 250)] {
-            let mut config = CameraConfig::new("c", "file:x");
-            config.annotated_fps = Some(fps);
-            let mut shape = AnnotatedShape::new(&config);
-            let taken = (0..250i64).filter(|i| shape.due(i * 3600)).count();
-            assert!(taken.abs_diff(want) <= 1, "{fps} fps of 25: {taken} of 250 frames");
-        }
-        let mut config = CameraConfig::new("c", "file:x");
-        config.annotated_fps = Some(5.0);
-        let mut shape = AnnotatedShape::new(&config);
-        assert!(shape.due(900_000) && !shape.due(903_600));
-        assert!(shape.due(0), "the source restarted: a new grid");
-    }
-
-    #[test]
-    fn pacer_keeps_the_configured_rate_on_a_frame_grid() {
-        // 25 fps frames arriving with ±1 ms of jitter, 5 fps classification: every
-        // 5th frame on average, not every 6th when a frame comes a little early.
-        let mut p = ClassifyPacer::new(5.0);
-        let t0 = Instant::now();
-        let mut classified = 0;
-        for frame in 0..250u32 {
-            let now = t0 + Duration::from_millis(u64::from(frame) * 40 + 3 - u64::from(frame % 2) * 2);
-            if p.due(now) {
-                p.submitted(now);
-                classified += 1;
-            }
-        }
-        assert!((49..=50).contains(&classified), "10 s at 5 fps: {classified}");
     }
 }

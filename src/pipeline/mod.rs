@@ -3,7 +3,9 @@
 //! classify, overlay, encode). One camera's trouble never touches another.
 
 pub mod analysis;
+mod annotate;
 pub mod backoff;
+mod classify;
 pub mod health;
 pub mod media;
 pub mod queue;

@@ -1,0 +1,155 @@
+//! The annotated track's shape and encoder: its size (`annotated_scale`) and
+//! rate (`annotated_fps`), the stream's frame interval, and the encode step
+//! that publishes access units to the hub.
+
+use std::time::{Instant, SystemTime};
+
+use super::media::{MediaContext, ms_since};
+use crate::codec::AnnotatedEncoder;
+use crate::codec::encode::EncoderConfig;
+use crate::config::CameraConfig;
+use crate::media::VideoFrame;
+use crate::media::scale::scaled_size;
+use crate::telemetry::Stage;
+
+/// The stream's frame interval, from the pts of consecutive pictures (90 kHz).
+#[derive(Default)]
+pub(super) struct FrameInterval {
+    last_pts: Option<i64>,
+    interval_90k: Option<i64>,
+}
+
+impl FrameInterval {
+    pub(super) fn observe(&mut self, pts: i64) {
+        if let Some(last) = self.last_pts
+            && (1..=90_000).contains(&(pts - last))
+        {
+            self.interval_90k = Some(pts - last);
+        }
+        self.last_pts = Some(pts);
+    }
+
+    /// Frames per second (25 until known).
+    pub(super) fn fps(&self) -> f32 {
+        self.interval_90k.map_or(25.0, |i| 90_000.0 / i as f32)
+    }
+}
+
+/// Size and rate of the annotated track (`annotated_scale`, `annotated_fps`).
+pub(super) struct AnnotatedShape {
+    scale: f32,
+    fps: Option<f32>,
+    pub(super) frame_interval: FrameInterval,
+    /// pts at which the next annotated frame is due (with `annotated_fps`).
+    next_due_90k: Option<i64>,
+}
+
+impl AnnotatedShape {
+    pub(super) fn new(config: &CameraConfig) -> AnnotatedShape {
+        AnnotatedShape {
+            scale: config.annotated_scale,
+            fps: config.annotated_fps,
+            frame_interval: FrameInterval::default(),
+            next_due_90k: None,
+        }
+    }
+
+    /// The annotated track's frame rate: `annotated_fps`, capped by the stream's.
+    pub(super) fn fps(&self) -> f32 {
+        let stream = self.frame_interval.fps();
+        self.fps.map_or(stream, |f| f.min(stream))
+    }
+
+    /// The picture at the annotated size (the frame itself at scale 1).
+    pub(super) fn scale(&self, frame: VideoFrame) -> VideoFrame {
+        if self.scale >= 1.0 {
+            return frame;
+        }
+        let (w, h) = scaled_size(frame.width, frame.height, self.scale);
+        frame.downscaled(w, h)
+    }
+
+    /// Whether the frame at `pts` is encoded, keeping `annotated_fps` on average.
+    pub(super) fn due(&mut self, pts: i64) -> bool {
+        let Some(fps) = self.fps else { return true };
+        let interval = (90_000.0 / fps) as i64;
+        // Half a 25 fps frame of slack, so 12.5 fps takes every other frame of 25.
+        match self.next_due_90k {
+            // Early: skip (unless the source jumped back: start over below).
+            Some(due) if (due - 2 * interval..due - 1800).contains(&pts) => false,
+            // On time, or late by less than a frame: keep the grid.
+            Some(due) if (due - 1800..due + interval).contains(&pts) => {
+                self.next_due_90k = Some(due + interval);
+                true
+            }
+            // First frame, a stall or a jump: a new grid from here.
+            _ => {
+                self.next_due_90k = Some(pts + interval);
+                true
+            }
+        }
+    }
+}
+
+pub(super) fn encode(ctx: &MediaContext, encoder: &mut Option<AnnotatedEncoder>, frame: &VideoFrame, fps: f32) {
+    let mut force_idr = ctx.tracks.annotated.take_keyframe_request();
+    if encoder.is_none() {
+        let fps = fps.clamp(1.0, 60.0);
+        let config = EncoderConfig {
+            width: frame.width,
+            height: frame.height,
+            bitrate_bps: ctx.config.annotated_bitrate_bps,
+            max_fps: fps,
+            gop_frames: (fps * 2.0).round() as u32,
+        };
+        match AnnotatedEncoder::new(ctx.config.annotated_encoder, config) {
+            Ok(e) => *encoder = Some(e),
+            Err(e) => {
+                tracing::error!(camera = %ctx.name, error = %e, "cannot create the H.264 encoder");
+                return;
+            }
+        }
+        tracing::info!(
+            camera = %ctx.name,
+            encoder = ?ctx.config.annotated_encoder,
+            size = %format_args!("{}x{}", frame.width, frame.height),
+            fps,
+            "annotated encoder started"
+        );
+        force_idr = true;
+    }
+    let Some(enc) = encoder.as_mut() else { return };
+    let t = Instant::now();
+    match enc.encode(frame, force_idr) {
+        Ok(au) => {
+            ctx.metrics.stage(Stage::Encode, ms_since(t));
+            ctx.metrics.encoded.inc();
+            if let Ok(age) = SystemTime::now().duration_since(frame.captured_at) {
+                ctx.metrics.capture_to_encoded.observe(age.as_secs_f64());
+            }
+            ctx.tracks.annotated.publish(au);
+        }
+        Err(e) => tracing::warn!(camera = %ctx.name, error = %e, "encode failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotated_fps_takes_the_configured_share_of_frames() {
+        for (fps, want) in [(12.5f32, 125), (10.0, 100), (5.0, 50), (25.0, 250), (30.0, 250)] {
+            let mut config = CameraConfig::new("c", "file:x");
+            config.annotated_fps = Some(fps);
+            let mut shape = AnnotatedShape::new(&config);
+            let taken = (0..250i64).filter(|i| shape.due(i * 3600)).count();
+            assert!(taken.abs_diff(want) <= 1, "{fps} fps of 25: {taken} of 250 frames");
+        }
+        let mut config = CameraConfig::new("c", "file:x");
+        config.annotated_fps = Some(5.0);
+        let mut shape = AnnotatedShape::new(&config);
+        assert!(shape.due(900_000) && !shape.due(903_600));
+        assert!(shape.due(0), "the source restarted: a new grid");
+    }
+}
