@@ -16,6 +16,7 @@ use crate::infer::InferenceWorker;
 use crate::labels::LabelStore;
 use crate::pipeline::{Camera, Services};
 use crate::telemetry::Metrics;
+use axum::serve::ListenerExt;
 
 /// The demo clip `scripts/setup` makes, relative to the project root.
 pub const DEMO_CLIP: &str = "assets/demo/bikes-640x272.h264";
@@ -100,6 +101,11 @@ pub async fn serve(
         cameras.insert(cam.name.clone(), camera);
     }
     let auth = Auth::new(config.auth.as_ref(), services.metrics.registry()).map_err(AppError::Config)?;
+    let limits = api::limits::Limits::new(
+        config.limits.clone(),
+        config.cameras.iter().map(|c| c.name.clone()),
+        services.metrics.registry(),
+    );
     let sfu_config = crate::sfu::SfuConfig::from(&config.webrtc);
     let sfu = Arc::new(crate::sfu::Sfu::with_metrics(sfu_config, services.metrics.registry()));
     let state = AppState {
@@ -112,15 +118,14 @@ pub async fn serve(
         auth,
         allowed_origins: Arc::new(config.http.allowed_origins.clone()),
         server_names: Arc::new(config.http.server_names.clone()),
-        limits: api::limits::Limits::new(
-            config.limits.clone(),
-            config.cameras.iter().map(|c| c.name.clone()),
-            services.metrics.registry(),
-        ),
+        limits: limits.clone(),
     };
     on_listening(addr);
     let shutdown = cancel.clone();
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let listener =
+        api::listener::CappedListener::new(listener, config.limits.http_connections, Some(limits.refusals()))
+            .tap_io(|_| {}); // (TapIo gives the listener axum's ConnectInfo<SocketAddr>)
     let server = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
     let server = tokio::spawn(async move { server.await });
     cancel.cancelled().await;

@@ -152,6 +152,8 @@ pub struct LimitsConfig {
     pub sse_streams: usize,
     /// Snapshots being taken at once per camera (default 2); more get 503.
     pub snapshots_in_flight_per_camera: usize,
+    /// HTTP connections open at once (default 1024); more are closed on accept.
+    pub http_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -161,6 +163,7 @@ impl Default for LimitsConfig {
             whep_sessions_per_camera: 200,
             sse_streams: 100,
             snapshots_in_flight_per_camera: 2,
+            http_connections: 1024,
         }
     }
 }
@@ -172,6 +175,7 @@ impl LimitsConfig {
             ("limits.whep_sessions_per_camera", self.whep_sessions_per_camera, 100_000),
             ("limits.sse_streams", self.sse_streams, 100_000),
             ("limits.snapshots_in_flight_per_camera", self.snapshots_in_flight_per_camera, 64),
+            ("limits.http_connections", self.http_connections, 100_000),
         ] {
             if !(1..=hi).contains(&value) {
                 return Err(format!("{key} = {value} is out of range 1..={hi}"));

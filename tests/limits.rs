@@ -106,3 +106,27 @@ fn sessions_streams_snapshots_and_bodies_are_bounded() {
         rt.block_on(v.close());
     }
 }
+
+#[test]
+fn http_connections_beyond_the_cap_are_closed_at_once() {
+    if !netns::isolated("http_connections_beyond_the_cap_are_closed_at_once") {
+        return;
+    }
+    let config = common::scratch_dir("limits_connections").join("infercast.toml");
+    std::fs::write(&config, "[limits]\nhttp_connections = 4\n").unwrap();
+    let app = Infercast::start(&["--config", config.to_str().unwrap()]);
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    // Four idle connections hold every slot (a client that opens sockets and sends nothing).
+    let idle: Vec<std::net::TcpStream> = (0..4).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = std::net::TcpStream::connect(&addr).unwrap();
+    fifth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = write!(fifth, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let got = fifth.read(&mut buf).unwrap_or(0);
+    assert_eq!(got, 0, "the fifth connection is closed unanswered: {}", String::from_utf8_lossy(&buf[..got]));
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(app.get("/healthz").status, 200, "slots come back when connections close");
+    assert!(app.metric("infercast_limit_refusals_total{limit=\"http_connections\"}") >= 1.0);
+}

@@ -56,6 +56,12 @@ impl Limits {
         Limits { config, sse_open: Arc::default(), snapshots: Arc::new(snapshots), refusals }
     }
 
+    /// The refusal counter (`infercast_limit_refusals_total{limit}`), for limits
+    /// enforced elsewhere (the HTTP listener's connection cap).
+    pub fn refusals(&self) -> IntCounterVec {
+        self.refusals.clone()
+    }
+
     /// A label stream slot, or the refusal.
     pub fn sse(&self) -> Result<Slot, Refused> {
         take(&self.sse_open, self.config.sse_streams)

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod limits;
+pub mod listener;
 mod snapshot;
 mod viewer;
 mod whep;
