@@ -97,7 +97,7 @@ async fn login(State(state): State<AppState>, Extension(who): Extension<Principa
     if !state.auth.enabled() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    if &*who.name == "anonymous" {
+    if !who.authenticated {
         return ApiError::bad_request("send the token as Authorization: Bearer to log in").into_response();
     }
     let id = state.auth.open_session(&who);
@@ -112,13 +112,7 @@ async fn login(State(state): State<AppState>, Extension(who): Extension<Principa
 
 /// `POST /api/logout`: ends the session and clears its cookie. 204.
 async fn logout(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
-    if let Some(id) = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(SESSION_COOKIE).and_then(|r| r.strip_prefix('=')))
-    {
+    if let Some(id) = auth::layer::cookie(&headers, SESSION_COOKIE) {
         state.auth.close_session(id);
     }
     let mut r = StatusCode::NO_CONTENT.into_response();

@@ -86,7 +86,7 @@ impl JwtVerifier {
                     let c = data.claims;
                     let cameras = c.cameras.map(|list| Arc::new(list.into_iter().collect::<HashSet<_>>()));
                     let name = format!("jwt:{}", c.sub.unwrap_or_else(|| "?".into()));
-                    return Ok(Principal { name: name.into(), role: c.role, cameras });
+                    return Ok(Principal { name: name.into(), role: c.role, cameras, authenticated: true });
                 }
                 Err(e) => last = e.to_string(),
             }

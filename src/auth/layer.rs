@@ -73,7 +73,7 @@ pub(crate) fn access(method: &Method, path: &str) -> Access {
 }
 
 /// The value of cookie `name` in a `Cookie` header.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -121,7 +121,7 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
         let cookie_ok = matches!(*req.method(), Method::GET | Method::HEAD);
         g.auth.identify(authorization, cookie(h, SESSION_COOKIE), cookie_ok)
     };
-    let credential_less = identity.as_ref().is_ok_and(|p| matches!(&*p.name, "local" | "anonymous"));
+    let credential_less = identity.as_ref().is_ok_and(|p| !p.authenticated);
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
     if credential_less && needs != Access::Public && !host_allowed(host, &g.server_names) {
         g.auth.count_failure(Denied::Forbidden);
@@ -133,6 +133,7 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
     let verdict = match (&needs, identity) {
         (Access::Public, who) => Ok(who.unwrap_or_else(|_| Principal {
             name: "public".into(),
+            authenticated: false,
             role: Role::View,
             cameras: Some(Arc::default()),
         })),

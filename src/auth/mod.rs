@@ -31,12 +31,16 @@ pub struct Principal {
     pub role: Role,
     /// Cameras this principal may see; `None` = all.
     pub cameras: Option<Arc<HashSet<String>>>,
+    /// It presented a credential (token, JWT, session) rather than being
+    /// anonymous or local: what the DNS-rebinding check and login look at,
+    /// whatever a token is named.
+    pub authenticated: bool,
 }
 
 impl Principal {
     /// Everything allowed: the server runs without `[auth]` (loopback only).
     pub fn local() -> Principal {
-        Principal { name: "local".into(), role: Role::Admin, cameras: None }
+        Principal { name: "local".into(), role: Role::Admin, cameras: None, authenticated: false }
     }
 
     /// Whether this principal may see `camera`.
@@ -126,8 +130,12 @@ impl Auth {
                 Some(c.tokens.iter().map(load_token).collect::<Result<Vec<_>, String>>()?)
             }
         };
-        let anonymous =
-            config.and_then(|c| c.anonymous).map(|role| Principal { name: "anonymous".into(), role, cameras: None });
+        let anonymous = config.and_then(|c| c.anonymous).map(|role| Principal {
+            name: "anonymous".into(),
+            role,
+            cameras: None,
+            authenticated: false,
+        });
         let jwt = match config {
             Some(AuthConfig { jwks_file: Some(path), jwt_issuer, jwt_audience, .. }) => {
                 Some(jwt::JwtVerifier::load(path, jwt_issuer.clone(), jwt_audience.clone())?)
@@ -218,7 +226,10 @@ fn load_token(t: &TokenConfig) -> Result<Token, String> {
         Sha256::digest(plain.as_bytes()).into()
     };
     let cameras = t.cameras.as_ref().map(|c| Arc::new(c.iter().cloned().collect::<HashSet<_>>()));
-    Ok(Token { sha256, principal: Principal { name: t.name.as_str().into(), role: t.role, cameras } })
+    Ok(Token {
+        sha256,
+        principal: Principal { name: t.name.as_str().into(), role: t.role, cameras, authenticated: true },
+    })
 }
 
 #[cfg(test)]
@@ -244,6 +255,7 @@ mod tests {
         assert_eq!((&*p.name, p.role, p.may_see("door"), p.may_see("yard")), ("door-viewer", Role::View, true, false));
         let p = a.identify(Some(&format!("Bearer {admin}")), None, false).unwrap();
         assert_eq!((p.role, p.may_see("yard")), (Role::Admin, true));
+        assert!(p.authenticated, "a token is a credential, whatever it is named");
         assert_eq!(a.identify(Some("Bearer ic_wrong"), None, false).unwrap_err(), Denied::Invalid);
         assert_eq!(a.identify(Some(&format!("Basic {view}")), None, false).unwrap_err(), Denied::Invalid);
         assert_eq!(a.identify(None, None, false).unwrap_err(), Denied::Missing);
@@ -263,6 +275,7 @@ mod tests {
         assert_eq!(a.identify(None, Some("forged"), true).unwrap_err(), Denied::Invalid);
         a.close_session(&id);
         assert_eq!(a.identify(None, Some(&id), true).unwrap_err(), Denied::Invalid);
+        assert!(!a.identify(None, None, false).unwrap().authenticated, "anonymous");
         let open = Auth::new(None, &Registry::new()).unwrap();
         assert_eq!(open.identify(None, None, false).unwrap().role, Role::Admin, "no [auth]: local");
     }
