@@ -16,7 +16,6 @@ use crate::infer::InferenceWorker;
 use crate::labels::LabelStore;
 use crate::pipeline::{Camera, Services};
 use crate::telemetry::Metrics;
-use axum::serve::ListenerExt;
 
 /// The demo clip `scripts/setup` makes, relative to the project root.
 pub const DEMO_CLIP: &str = "assets/demo/bikes-640x272.h264";
@@ -67,14 +66,24 @@ fn check_exposure(config: &Config) -> Result<(), AppError> {
 }
 
 /// Runs until `cancel`: loads the classifier, starts every camera and serves the
-/// API on `config.listen`. Calls `on_listening` with the bound address.
+/// API on `config.listen`. Calls `on_listening` with the bound address and
+/// whether it serves HTTPS (`[tls]`).
 pub async fn serve(
     config: Config,
     cancel: CancellationToken,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(SocketAddr, bool),
 ) -> Result<(), AppError> {
     config.validate().map_err(AppError::Config)?;
     check_exposure(&config)?;
+    let tls = match &config.tls {
+        None => None,
+        Some(t) => {
+            let certs = api::tls::Certificates::load(t).map_err(AppError::Config)?;
+            let server_config = certs.server_config().map_err(AppError::Config)?;
+            tokio::spawn(certs.watch(cancel.clone()));
+            Some(tokio_rustls::TlsAcceptor::from(server_config))
+        }
+    };
     let classifier = {
         let inference = config.inference.clone();
         tokio::task::spawn_blocking(move || InferenceWorker::start(&inference))
@@ -119,20 +128,26 @@ pub async fn serve(
         allowed_origins: Arc::new(config.http.allowed_origins.clone()),
         server_names: Arc::new(config.http.server_names.clone()),
         limits: limits.clone(),
+        https: tls.is_some(),
     };
-    on_listening(addr);
-    let shutdown = cancel.clone();
-    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    on_listening(addr, tls.is_some());
+    let options = api::server::ServeOptions {
+        header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+        idle_timeout: Duration::from_secs(config.http.idle_timeout_s),
+        tls,
+    };
     let listener =
-        api::listener::CappedListener::new(listener, config.limits.http_connections, Some(limits.refusals()))
-            .tap_io(|_| {}); // (TapIo gives the listener axum's ConnectInfo<SocketAddr>)
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
-    let server = tokio::spawn(async move { server.await });
+        api::listener::CappedListener::new(listener, config.limits.http_connections, Some(limits.refusals()));
+    // Open streams (SSE) end with the token; in-flight requests get a moment.
+    let server = tokio::spawn(api::server::serve(
+        listener,
+        api::router(state),
+        options,
+        cancel.clone(),
+        Duration::from_millis(1500),
+    ));
     cancel.cancelled().await;
     sfu.close_all().await;
-    // Open streams (SSE) end with the token; give in-flight requests a moment.
-    if tokio::time::timeout(Duration::from_millis(1500), server).await.is_err() {
-        tracing::warn!("HTTP connections still open after 1.5 s; closing them");
-    }
+    let _ = server.await;
     Ok(())
 }

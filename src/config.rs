@@ -28,6 +28,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[limits]`: sessions, streams and snapshots a client can make us hold.
     pub limits: LimitsConfig,
+    /// `[tls]`: serve HTTPS with this certificate and key (reloaded on SIGHUP
+    /// or file change). Absent: plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::api::tls::TlsConfig>,
     /// `[[camera]]` tables; empty means the built-in demo camera.
     #[serde(rename = "camera")]
     pub cameras: Vec<CameraConfig>,
@@ -44,6 +48,7 @@ impl Default for Config {
             auth: None,
             http: HttpConfig::default(),
             limits: LimitsConfig::default(),
+            tls: None,
             cameras: Vec::new(),
         }
     }

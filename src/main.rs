@@ -147,8 +147,12 @@ fn serve(config: Config) -> Result<ExitCode, String> {
             tracing::info!("shutting down");
             on_signal.cancel();
         });
-        app::serve(config, cancel, |addr| {
-            eprintln!("infercast: serving {} on http://{addr}/ (labels: http://{addr}/api/labels)", cameras.join(", "));
+        app::serve(config, cancel, |addr, https| {
+            let scheme = if https { "https" } else { "http" };
+            eprintln!(
+                "infercast: serving {} on {scheme}://{addr}/ (labels: {scheme}://{addr}/api/labels)",
+                cameras.join(", ")
+            );
         })
         .await
         .map_err(|e| e.to_string())

@@ -1,5 +1,6 @@
 //! The viewer page in a real browser: Debian's chromium driven by npm
-//! playwright-core (`tests/browser/e2e.mjs`) against the real binary and two
+//! playwright-core (`tests/browser/e2e.mjs`) against the real binary (HTTPS
+//! with a test certificate, a view token to log in with) and two
 //! cameras served by GStreamer's RTSP server, all in a private network
 //! namespace. The script reports its checks as JSON lines; this test prints
 //! them, restarts the camera server when the script asks, and asserts.
@@ -66,12 +67,15 @@ struct Script {
 }
 
 impl Script {
-    fn start(base: &str, artifacts: &Path, token: &str) -> Script {
+    /// `tls`: the server's test certificate: its CA trusted by node, its key pinned for Chromium.
+    fn start(base: &str, artifacts: &Path, token: &str, tls: &common::certs::TestCert) -> Script {
         let mut child = Command::new("node")
             .arg(browser_dir().join("e2e.mjs"))
             .arg(base)
             .arg(artifacts)
             .env("INFERCAST_TOKEN", token) // not on the command line: other processes can read that
+            .env("NODE_EXTRA_CA_CERTS", &tls.ca)
+            .env("INFERCAST_SPKI", common::certs::spki_sha256_base64(&tls.cert))
             .current_dir(browser_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -133,11 +137,17 @@ fn viewer_page_in_chromium() {
     }
     let started = Instant::now();
     let mut server = RtspServer::start(&[("/cam1", CLIP), ("/cam2", CLIP)], None);
-    // With authentication on: the page must log in with a view token.
+    // With authentication on, over HTTPS: the page must log in with a view token.
     let token = infercast::auth::new_token();
-    let config = common::scratch_dir("browser_auth").join("infercast.toml");
+    let dir = common::scratch_dir("browser_auth");
+    let tls = common::certs::issue(&dir, "localhost");
+    common::service::trust_ca(&tls.ca);
+    let config = dir.join("infercast.toml");
     let toml = format!(
-        "[auth]\n[[auth.tokens]]\nname = \"browser\"\nrole = \"view\"\nsha256 = \"{}\"\n",
+        "[tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n\n\
+         [auth]\n[[auth.tokens]]\nname = \"browser\"\nrole = \"view\"\nsha256 = \"{}\"\n",
+        tls.cert.display(),
+        tls.key.display(),
         infercast::auth::token_sha256_hex(&token)
     );
     std::fs::write(&config, toml).unwrap();
@@ -153,7 +163,8 @@ fn viewer_page_in_chromium() {
 
     let artifacts = common::repo().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let mut script = Script::start(&app.base, &artifacts, &token);
+    assert!(app.base.starts_with("https://"), "served over HTTPS: {}", app.base);
+    let mut script = Script::start(&app.base, &artifacts, &token, &tls);
     let deadline = Instant::now() + SCRIPT_TIMEOUT;
     let mut checks: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut first_frames = Vec::new();

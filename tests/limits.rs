@@ -130,3 +130,54 @@ fn http_connections_beyond_the_cap_are_closed_at_once() {
     assert_eq!(app.get("/healthz").status, 200, "slots come back when connections close");
     assert!(app.metric("infercast_limit_refusals_total{limit=\"http_connections\"}") >= 1.0);
 }
+
+/// Seconds until the server closes `s` (a read returns 0 or fails), at most `within`.
+fn closed_after(s: &mut std::net::TcpStream, within: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(0) => Some(started.elapsed()),
+        Ok(n) => panic!("the server answered a stalled request: {}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => None,
+        Err(_) => Some(started.elapsed()), // reset
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off() {
+    if !netns::isolated("slow_clients_are_cut_off") {
+        return;
+    }
+    let config = common::scratch_dir("limits_slow").join("infercast.toml");
+    std::fs::write(&config, "[http]\nheader_read_timeout_ms = 500\nidle_timeout_s = 5\n").unwrap();
+    let app = Infercast::start(&["--config", config.to_str().unwrap()]);
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    // Slowloris: half a request head, then nothing.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(slow, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").unwrap();
+    let t = closed_after(&mut slow, Duration::from_secs(5)).expect("a half-sent head is cut off");
+    assert!(t >= Duration::from_millis(400) && t < Duration::from_millis(2500), "cut off after {t:?}");
+
+    // A keep-alive connection idle after its request is closed by the same clock.
+    let mut kept = std::net::TcpStream::connect(&addr).unwrap();
+    write!(kept, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = kept.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let t = closed_after(&mut kept, Duration::from_secs(5)).expect("an idle keep-alive connection is closed");
+    assert!(t < Duration::from_millis(2500), "closed after {t:?}");
+
+    // A body that stops half-way: the connection is closed once idle for idle_timeout_s.
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled,
+        "POST /whep/demo/raw HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/sdp\r\nContent-Length: 1000\r\n\r\nv=0\r\n"
+    )
+    .unwrap();
+    let t = closed_after(&mut stalled, Duration::from_secs(10)).expect("a stalled upload is cut off");
+    assert!(t >= Duration::from_millis(4500) && t < Duration::from_millis(8000), "cut off after {t:?}");
+    assert_eq!(app.get("/healthz").status, 200, "the server serves on");
+}

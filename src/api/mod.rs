@@ -5,7 +5,9 @@
 mod error;
 pub mod limits;
 pub mod listener;
+pub mod server;
 mod snapshot;
+pub mod tls;
 mod viewer;
 mod whep;
 
@@ -55,6 +57,8 @@ pub struct AppState {
     pub server_names: Arc<Vec<String>>,
     /// `[limits]` and their counters.
     pub limits: limits::Limits,
+    /// Served over HTTPS (`[tls]`): the session cookie is marked `Secure`.
+    pub https: bool,
 }
 
 impl AppState {
@@ -101,8 +105,11 @@ async fn login(State(state): State<AppState>, Extension(who): Extension<Principa
         return ApiError::bad_request("send the token as Authorization: Bearer to log in").into_response();
     }
     let id = state.auth.open_session(&who);
-    let cookie =
-        format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", crate::auth::SESSION_TTL_S);
+    let secure = if state.https { "; Secure" } else { "" };
+    let cookie = format!(
+        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+        crate::auth::SESSION_TTL_S
+    );
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = header::HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -112,11 +119,12 @@ async fn login(State(state): State<AppState>, Extension(who): Extension<Principa
 
 /// `POST /api/logout`: ends the session and clears its cookie. 204.
 async fn logout(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
+    let secure = if state.https { "; Secure" } else { "" };
     if let Some(id) = auth::layer::cookie(&headers, SESSION_COOKIE) {
         state.auth.close_session(id);
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
-    let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}");
     if let Ok(v) = header::HeaderValue::from_str(&clear) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }

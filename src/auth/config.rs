@@ -70,8 +70,8 @@ pub struct TokenConfig {
     pub cameras: Option<Vec<String>>,
 }
 
-/// `[http]`: the HTTP server's exposure to web pages.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// `[http]`: the HTTP server's exposure to web pages, and its clocks.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Web origins (`https://dashboard.example.com`) whose pages may call the
@@ -81,6 +81,25 @@ pub struct HttpConfig {
     /// `[auth]`), besides IP addresses and `localhost`: a defence against DNS
     /// rebinding, where a web page's own host name is pointed at this server.
     pub server_names: Vec<String>,
+    /// A client must send a whole request head (request line and headers)
+    /// within this, in ms (default 10000); also the longest a keep-alive
+    /// connection may sit idle between requests. Range 100..=300000.
+    pub header_read_timeout_ms: u64,
+    /// A connection that moves no byte either way for this long is closed, in
+    /// seconds (default 60): a stalled upload, or a client that stopped
+    /// reading an event stream (which sends a keep-alive every 15 s). Range 5..=3600.
+    pub idle_timeout_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            allowed_origins: Vec::new(),
+            server_names: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            idle_timeout_s: 60,
+        }
+    }
 }
 
 impl AuthConfig {
@@ -107,6 +126,15 @@ impl AuthConfig {
 
 impl HttpConfig {
     pub fn validate(&self) -> Result<(), String> {
+        if !(100..=300_000).contains(&self.header_read_timeout_ms) {
+            return Err(format!(
+                "http.header_read_timeout_ms = {} is out of range 100..=300000",
+                self.header_read_timeout_ms
+            ));
+        }
+        if !(5..=3600).contains(&self.idle_timeout_s) {
+            return Err(format!("http.idle_timeout_s = {} is out of range 5..=3600", self.idle_timeout_s));
+        }
         for o in &self.allowed_origins {
             let ok = (o.starts_with("http://") || o.starts_with("https://"))
                 && !o.trim_end_matches('/').contains(['?', '#', ' '])

@@ -34,6 +34,10 @@ const ARGS = [
   '--disable-component-update',
   '--disable-sync',
 ];
+// Over HTTPS (tests/browser.rs serves with a test certificate): trust exactly
+// that certificate's key (env INFERCAST_SPKI, base64 SHA-256 of its SPKI);
+// node's own fetch trusts it through NODE_EXTRA_CA_CERTS.
+if (process.env.INFERCAST_SPKI) ARGS.push(`--ignore-certificate-errors-spki-list=${process.env.INFERCAST_SPKI}`);
 const RUN_TIMEOUT_MS = 170_000;
 /** Paths of the DELETE requests the page sent (WHEP sessions it ended), and their statuses. */
 const deletes = [];
@@ -226,7 +230,11 @@ async function run(browserSlot) {
     const cookies = await page.context().cookies();
     const session = cookies.find((c) => c.name === 'infercast_session');
     if (!session?.httpOnly || session.sameSite !== 'Strict') throw new Error(`session cookie ${JSON.stringify(session)}`);
-    return { cookie: { httpOnly: session.httpOnly, sameSite: session.sameSite } };
+    const https = base.startsWith('https://');
+    if (https && !session.secure) throw new Error('session cookie over HTTPS lacks Secure');
+    const secureContext = await page.evaluate(() => window.isSecureContext && location.protocol);
+    if (https && secureContext !== 'https:') throw new Error(`page not in a secure https context: ${secureContext}`);
+    return { https, cookie: { httpOnly: session.httpOnly, sameSite: session.sameSite, secure: session.secure } };
   });
 
   await check('page_loads_one_tile_per_camera', async () => {

@@ -28,10 +28,31 @@ impl Reply {
     }
 }
 
+/// The certificate (PEM) this test process's HTTPS clients trust, set by [`trust_ca`].
+static TEST_CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Makes every client of this test process (`agent_with_timeout`) trust the
+/// PEM certificate at `path` and nothing else (for a server with `[tls]`).
+pub fn trust_ca(path: &std::path::Path) {
+    let pem = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let _ = TEST_CA.set(pem);
+}
+
 /// An HTTP client that returns error statuses as replies (tests assert on them)
-/// and gives up after `timeout`.
+/// and gives up after `timeout`; over HTTPS it trusts only the [`trust_ca`] certificate.
 pub fn agent_with_timeout(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().new_agent()
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout));
+    if let Some(pem) = TEST_CA.get() {
+        let certs: Vec<_> = ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let roots = ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs));
+        config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+    }
+    config.build().new_agent()
 }
 
 fn agent() -> ureq::Agent {
@@ -71,19 +92,21 @@ impl Infercast {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("on http://").nth(1) {
-                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+                for scheme in ["http", "https"] {
+                    if let Some(rest) = line.split(&format!(" on {scheme}://")).nth(1) {
+                        let _ = tx.send(format!("{scheme}://{}", rest.split('/').next().unwrap_or_default()));
+                    }
                 }
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        let base = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
             let _ = child.kill();
             panic!("infercast did not start listening; log:\n{}", log.lock().unwrap())
         });
-        Infercast { child, base: format!("http://{addr}"), token: None, log }
+        Infercast { child, base, token: None, log }
     }
 
     pub fn get(&self, path: &str) -> Reply {
