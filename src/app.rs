@@ -115,7 +115,10 @@ pub async fn serve(
         config.cameras.iter().map(|c| c.name.clone()),
         services.metrics.registry(),
     );
-    let sfu_config = crate::sfu::SfuConfig::from(&config.webrtc);
+    let sfu_config = crate::sfu::SfuConfig {
+        gop_resend_bps: config.limits.gop_resend_bps,
+        ..crate::sfu::SfuConfig::from(&config.webrtc)
+    };
     let sfu = Arc::new(crate::sfu::Sfu::with_metrics(sfu_config, services.metrics.registry()));
     let state = AppState {
         cameras: Arc::new(cameras),

@@ -91,6 +91,10 @@ pub struct WebRtcConfig {
     /// STUN/TURN servers handed to the viewer page (`RTCPeerConnection`'s
     /// `iceServers`). Default none: enough on one machine or a LAN.
     pub ice_servers: Vec<IceServer>,
+    /// A viewer session that has not connected (ICE + DTLS) this long after its
+    /// answer is ended, with its port and peer connection, in ms (default 10000,
+    /// range 1000..=15000).
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for WebRtcConfig {
@@ -100,6 +104,7 @@ impl Default for WebRtcConfig {
             udp_port_range: None,
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
+            connect_timeout_ms: 10_000,
         }
     }
 }
@@ -153,12 +158,18 @@ pub struct LimitsConfig {
     pub whep_sessions: usize,
     /// WHEP viewer sessions per camera, both tracks (default 200).
     pub whep_sessions_per_camera: usize,
+    /// WHEP viewer sessions from one client IP address (default 50; 429 beyond).
+    pub whep_sessions_per_ip: usize,
     /// Label streams (`/api/labels/stream`) open at once (default 100).
     pub sse_streams: usize,
     /// Snapshots being taken at once per camera (default 2); more get 503.
     pub snapshots_in_flight_per_camera: usize,
     /// HTTP connections open at once (default 1024); more are closed on accept.
     pub http_connections: usize,
+    /// Bandwidth for resending the cached GOP to raw viewers that ask for a
+    /// keyframe (PLI), all sessions together, bits/s (default 50000000);
+    /// each session resends at most once a second.
+    pub gop_resend_bps: u64,
 }
 
 impl Default for LimitsConfig {
@@ -166,18 +177,27 @@ impl Default for LimitsConfig {
         LimitsConfig {
             whep_sessions: 500,
             whep_sessions_per_camera: 200,
+            whep_sessions_per_ip: 50,
             sse_streams: 100,
             snapshots_in_flight_per_camera: 2,
             http_connections: 1024,
+            gop_resend_bps: 50_000_000,
         }
     }
 }
 
 impl LimitsConfig {
     pub fn validate(&self) -> Result<(), String> {
+        if !(100_000..=100_000_000_000).contains(&self.gop_resend_bps) {
+            return Err(format!(
+                "limits.gop_resend_bps = {} is out of range 100000..=100000000000",
+                self.gop_resend_bps
+            ));
+        }
         for (key, value, hi) in [
             ("limits.whep_sessions", self.whep_sessions, 100_000),
             ("limits.whep_sessions_per_camera", self.whep_sessions_per_camera, 100_000),
+            ("limits.whep_sessions_per_ip", self.whep_sessions_per_ip, 100_000),
             ("limits.sse_streams", self.sse_streams, 100_000),
             ("limits.snapshots_in_flight_per_camera", self.snapshots_in_flight_per_camera, 64),
             ("limits.http_connections", self.http_connections, 100_000),
@@ -453,6 +473,12 @@ impl WebRtcConfig {
     fn validate(&self) -> Result<(), String> {
         if self.udp_ips.is_empty() {
             return Err("webrtc.udp_ips is empty: viewers could not connect".into());
+        }
+        if !(1000..=15_000).contains(&self.connect_timeout_ms) {
+            return Err(format!(
+                "webrtc.connect_timeout_ms = {} is out of range 1000..=15000",
+                self.connect_timeout_ms
+            ));
         }
         if let Some([lo, hi]) = self.udp_port_range
             && (lo == 0 || lo > hi)

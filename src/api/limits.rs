@@ -1,11 +1,14 @@
-//! Limits on what a stranger can make the server hold: WHEP sessions (in all
-//! and per camera), open label streams (SSE), snapshots in flight per camera,
-//! and WHEP request bodies. A refusal is 503 with `Retry-After` and the error
-//! object, counted in `infercast_limit_refusals_total{limit}`.
+//! Limits on what a stranger can make the server hold: WHEP sessions (in all,
+//! per camera and per client IP, counted from the POST until the session
+//! ends), open label streams (SSE), snapshots in flight per camera, and WHEP
+//! request bodies. A refusal is 503 (429 for one client's own share) with
+//! `Retry-After` and the error object, counted in
+//! `infercast_limit_refusals_total{limit}`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::ApiError;
 pub use crate::config::LimitsConfig;
@@ -24,7 +27,43 @@ pub struct Limits {
     pub config: LimitsConfig,
     sse_open: Arc<AtomicUsize>,
     snapshots: Arc<HashMap<String, Arc<AtomicUsize>>>,
+    whep: Arc<Mutex<WhepCounts>>,
     refusals: IntCounterVec,
+}
+
+/// WHEP sessions held now: being created or open.
+#[derive(Default)]
+struct WhepCounts {
+    total: usize,
+    per_camera: HashMap<String, usize>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One WHEP session's place in the counts, from its POST to its end (or to
+/// the POST's failure or abort); given back when dropped.
+pub struct WhepSlot {
+    counts: Arc<Mutex<WhepCounts>>,
+    camera: String,
+    ip: IpAddr,
+}
+
+impl Drop for WhepSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        release(&mut c.per_camera, &self.camera);
+        release(&mut c.per_ip, &self.ip);
+    }
+}
+
+/// One less under `key`; the entry goes at zero (the maps never grow with past clients).
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 /// A held slot; frees itself when dropped.
@@ -53,7 +92,7 @@ impl Limits {
             tracing::warn!(error = %e, "cannot register the limit metrics");
         }
         let snapshots = cameras.map(|c| (c, Arc::default())).collect();
-        Limits { config, sse_open: Arc::default(), snapshots: Arc::new(snapshots), refusals }
+        Limits { config, sse_open: Arc::default(), snapshots: Arc::new(snapshots), whep: Arc::default(), refusals }
     }
 
     /// The refusal counter (`infercast_limit_refusals_total{limit}`), for limits
@@ -76,30 +115,49 @@ impl Limits {
         })
     }
 
-    /// Checks room for one more WHEP session: `total` open now, `on_camera` of them on this camera.
-    pub fn whep(&self, total: usize, on_camera: usize) -> Result<(), Refused> {
-        if total >= self.config.whep_sessions {
-            return Err(self.refuse("whep_sessions", format!("{total} viewer sessions are open")));
+    /// A place for one more WHEP session of `camera` from client `ip`, held
+    /// until the returned slot drops; or the refusal (429 when `ip` has its
+    /// share, 503 when the server or the camera is full).
+    pub fn whep(&self, camera: &str, ip: IpAddr) -> Result<WhepSlot, Refused> {
+        let mut c = self.whep.lock().unwrap_or_else(|p| p.into_inner());
+        let on_camera = c.per_camera.get(camera).copied().unwrap_or(0);
+        let from_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+        if c.total >= self.config.whep_sessions {
+            return Err(self.refuse("whep_sessions", format!("{} viewer sessions are open", c.total)));
         }
         if on_camera >= self.config.whep_sessions_per_camera {
             return Err(self.refuse("whep_sessions_per_camera", format!("{on_camera} viewers watch this camera")));
         }
-        Ok(())
+        if from_ip >= self.config.whep_sessions_per_ip {
+            let mut refused = self.refuse("whep_sessions_per_ip", format!("{from_ip} viewer sessions come from {ip}"));
+            refused.status = StatusCode::TOO_MANY_REQUESTS;
+            return Err(refused);
+        }
+        c.total += 1;
+        *c.per_camera.entry(camera.to_owned()).or_default() += 1;
+        *c.per_ip.entry(ip).or_default() += 1;
+        Ok(WhepSlot { counts: self.whep.clone(), camera: camera.to_owned(), ip })
     }
 
     fn refuse(&self, limit: &str, why: String) -> Refused {
         self.refusals.with_label_values(&[limit]).inc();
-        Refused(format!("{why}: the limit `{limit}` is reached; retry in {RETRY_AFTER_S} s"))
+        Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("{why}: the limit `{limit}` is reached; retry in {RETRY_AFTER_S} s"),
+        }
     }
 }
 
-/// A request a limit refused (already counted): answers 503 with `Retry-After`.
+/// A request a limit refused (already counted): answers 503 (or 429) with `Retry-After`.
 #[derive(Debug)]
-pub struct Refused(String);
+pub struct Refused {
+    status: StatusCode,
+    message: String,
+}
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "limit_reached", self.0).into_response();
+        let mut r = ApiError::new(self.status, "limit_reached", self.message).into_response();
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
         r
     }
@@ -124,6 +182,29 @@ mod tests {
         assert!(l.snapshot("door").is_err() && l.snapshot("nope").is_err());
         drop(s);
         assert!(l.snapshot("door").is_ok());
-        assert!(l.whep(499, 199).is_ok() && l.whep(500, 0).is_err() && l.whep(0, 200).is_err());
+    }
+
+    #[test]
+    fn whep_sessions_are_bounded_in_all_per_camera_and_per_ip() {
+        let config = LimitsConfig {
+            whep_sessions: 4,
+            whep_sessions_per_camera: 3,
+            whep_sessions_per_ip: 2,
+            ..Default::default()
+        };
+        let l = Limits::new(config, std::iter::empty(), &Registry::new());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().expect("IP"), "10.0.0.2".parse().expect("IP"));
+        let a1 = l.whep("door", a).ok().unwrap();
+        let _a2 = l.whep("yard", a).ok().unwrap();
+        let per_ip = l.whep("door", a).err().unwrap().into_response();
+        assert_eq!(per_ip.status(), StatusCode::TOO_MANY_REQUESTS);
+        let _b1 = l.whep("door", b).ok().unwrap();
+        let _c1 = l.whep("door", "10.0.0.3".parse().expect("IP")).ok().unwrap();
+        let full = l.whep("door", "10.0.0.4".parse().expect("IP")).err().unwrap().into_response();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE, "door has 3 of 3");
+        let total = l.whep("gate", "10.0.0.4".parse().expect("IP")).err().unwrap().into_response();
+        assert_eq!(total.status(), StatusCode::SERVICE_UNAVAILABLE, "4 of 4 in all");
+        drop(a1);
+        assert!(l.whep("door", a).is_ok(), "a freed slot comes back");
     }
 }

@@ -6,7 +6,9 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -53,10 +55,13 @@ async fn preflight() -> Response {
 async fn create(
     State(state): State<AppState>,
     Path((camera, track)): Path<(String, String)>,
+    client: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match create_inner(&state, &camera, &track, &headers, &body).await {
+    // Every connection has its address (api::server); a router driven without one counts as loopback.
+    let ip = client.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.0.ip());
+    match create_inner(&state, &camera, &track, ip, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -66,6 +71,7 @@ async fn create_inner(
     state: &AppState,
     camera: &str,
     track: &str,
+    client_ip: std::net::IpAddr,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
@@ -90,11 +96,12 @@ async fn create_inner(
     if offer.trim().is_empty() {
         return Err(ApiError::bad_request("empty SDP offer"));
     }
-    let on_camera = cam.tracks.raw.subscriber_count() + cam.tracks.annotated.subscriber_count();
-    if let Err(refused) = state.limits.whep(state.sfu.session_count(), on_camera) {
-        return Ok(refused.into_response());
-    }
-    let session = state.sfu.create_session(camera, cam.tracks.clone(), kind, offer).await.map_err(sfu_error)?;
+    let slot = match state.limits.whep(camera, client_ip) {
+        Ok(slot) => slot,
+        Err(refused) => return Ok(refused.into_response()),
+    };
+    let session =
+        state.sfu.create_session(camera, cam.tracks.clone(), kind, offer, Box::new(slot)).await.map_err(sfu_error)?;
     let location = format!("/whep/{camera}/{}/{}", kind.as_str(), session.id);
     let mut r = (StatusCode::CREATED, session.answer_sdp).into_response();
     let h = r.headers_mut();

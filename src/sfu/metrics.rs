@@ -15,6 +15,7 @@ pub(super) struct SfuMetrics {
     bytes_sent: IntCounterVec,
     keyframe_requests: IntCounterVec,
     nacks: IntCounterVec,
+    gop_resends: IntCounterVec,
     send_latency: HistogramVec,
 }
 
@@ -38,6 +39,14 @@ impl SfuMetrics {
             bytes_sent: counter("webrtc_bytes_sent_total", "RTP payload bytes sent to viewers")?,
             keyframe_requests: counter("webrtc_plis_total", "Keyframe requests (RTCP PLI or FIR) from viewers")?,
             nacks: counter("webrtc_nacks_total", "RTCP NACK packets (retransmission requests) from viewers")?,
+            gop_resends: IntCounterVec::new(
+                Opts::new(
+                    "webrtc_gop_resends_total",
+                    "Cached-GOP resends for raw viewers' keyframe requests: sent, or refused by [limits] gop_resend_bps",
+                ),
+                &["camera", "result"],
+            )
+            .ok()?,
             send_latency: HistogramVec::new(
                 HistogramOpts::new(
                     "webrtc_send_latency_seconds",
@@ -49,7 +58,8 @@ impl SfuMetrics {
             )
             .ok()?,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+            Box::new(m.gop_resends.clone()),
             Box::new(m.viewers.clone()),
             Box::new(m.created.clone()),
             Box::new(m.ended.clone()),
@@ -75,6 +85,8 @@ impl SfuMetrics {
             bytes_sent: self.bytes_sent.with_label_values(&labels),
             keyframe_requests: self.keyframe_requests.with_label_values(&labels),
             nacks: self.nacks.with_label_values(&labels),
+            gop_resent: self.gop_resends.with_label_values(&[camera, "sent"]),
+            gop_resend_refused: self.gop_resends.with_label_values(&[camera, "over_budget"]),
             send_latency: self.send_latency.with_label_values(&[kind.as_str()]),
         }
     }
@@ -87,6 +99,8 @@ pub(super) struct SessionMetrics {
     pub bytes_sent: IntCounter,
     pub keyframe_requests: IntCounter,
     pub nacks: IntCounter,
+    pub gop_resent: IntCounter,
+    pub gop_resend_refused: IntCounter,
     pub send_latency: Histogram,
 }
 
@@ -99,6 +113,8 @@ impl SessionMetrics {
             bytes_sent: counter(),
             keyframe_requests: counter(),
             nacks: counter(),
+            gop_resent: counter(),
+            gop_resend_refused: counter(),
             send_latency: Histogram::with_opts(HistogramOpts::new("unregistered", "unregistered"))
                 .expect("constant name is valid"),
         }

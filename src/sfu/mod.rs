@@ -12,6 +12,7 @@ mod metrics;
 mod offer;
 mod packetize;
 mod ports;
+mod resend;
 mod rtcp;
 
 use std::collections::{HashMap, VecDeque};
@@ -84,6 +85,8 @@ pub struct SfuConfig {
     pub connect_timeout: Duration,
     /// How long a `disconnected` viewer may take to come back before its session ends.
     pub disconnected_timeout: Duration,
+    /// Cached-GOP resend bandwidth, all sessions together, bits/s.
+    pub gop_resend_bps: u64,
 }
 
 impl Default for SfuConfig {
@@ -99,8 +102,9 @@ impl From<&crate::config::WebRtcConfig> for SfuConfig {
             udp_port_range: c.udp_port_range,
             public_ips: c.public_ips.clone(),
             gather_timeout: Duration::from_secs(3),
-            connect_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             disconnected_timeout: Duration::from_secs(10),
+            gop_resend_bps: crate::config::LimitsConfig::default().gop_resend_bps,
         }
     }
 }
@@ -128,11 +132,18 @@ pub struct Sfu {
     ports: ports::PortPool,
     sessions: Sessions,
     metrics: Option<SfuMetrics>,
+    resend: Arc<resend::ResendBudget>,
 }
 
 impl Sfu {
     pub fn new(config: SfuConfig) -> Sfu {
-        Sfu { ports: ports::PortPool::new(config.udp_port_range), config, sessions: Arc::default(), metrics: None }
+        Sfu {
+            ports: ports::PortPool::new(config.udp_port_range),
+            resend: Arc::new(resend::ResendBudget::new(config.gop_resend_bps)),
+            config,
+            sessions: Arc::default(),
+            metrics: None,
+        }
     }
 
     /// Like [`Sfu::new`], with viewer gauges and session counters in `registry`.
@@ -146,13 +157,17 @@ impl Sfu {
     }
 
     /// Answers `offer_sdp` with a new peer connection sending `kind` of
-    /// `camera`'s tracks; streaming starts once the viewer connects.
+    /// `camera`'s tracks; streaming starts once the viewer connects. `held`
+    /// (a limit's slot) lives as long as the session. If this future is
+    /// dropped half-way (the client went), the peer connection is closed and
+    /// its port freed in the background.
     pub async fn create_session(
         &self,
         camera: &str,
         tracks: Arc<CameraTracks>,
         kind: TrackKind,
         offer_sdp: &str,
+        held: Box<dyn Send>,
     ) -> Result<CreatedSession, SfuError> {
         let stream_plid = stream_profile_level_id(&tracks, kind);
         let (offer, chosen) = check_offer(offer_sdp, stream_plid)?;
@@ -199,6 +214,7 @@ impl Sfu {
             .await
             .map_err(webrtc_err)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let mut guard = CloseOnDrop { pc: Some(pc.clone()), port: Some(port) };
 
         let ssrc = rand::random::<u32>();
         let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -234,13 +250,9 @@ impl Sfu {
                 .unwrap_or(chosen.payload_type);
             Ok::<_, SfuError>((candidates::rewrite_candidates(&answer.sdp, &self.config.public_ips), payload_type))
         };
-        let (answer_sdp, payload_type) = match negotiate.await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = pc.close().await;
-                return Err(e);
-            }
-        };
+        // On an error the guard closes the peer connection.
+        let (answer_sdp, payload_type) = negotiate.await?;
+        let port = guard.defuse();
 
         let id = new_session_id();
         let cancel = CancellationToken::new();
@@ -267,7 +279,9 @@ impl Sfu {
             connect_timeout: self.config.connect_timeout,
             disconnected_timeout: self.config.disconnected_timeout,
             metrics: session_metrics,
+            resend: self.resend.clone(),
             _port: port,
+            _held: held,
         };
         let sessions = self.sessions.clone();
         let metrics = self.metrics.clone();
@@ -373,7 +387,35 @@ async fn gone(mut state: watch::Receiver<RTCPeerConnectionState>, grace: Duratio
 }
 
 /// Keyframe requests are passed on at most this often.
-const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+/// A peer connection being set up: closed in the background, its port freed
+/// after, if its creation is abandoned (an error, or the WHEP request dropped
+/// because the client went away).
+struct CloseOnDrop {
+    pc: Option<Arc<dyn PeerConnection>>,
+    port: Option<ports::PortLease>,
+}
+
+impl CloseOnDrop {
+    /// Set-up succeeded: the session owns the connection now; returns the port lease.
+    fn defuse(&mut self) -> ports::PortLease {
+        self.pc = None;
+        self.port.take().expect("defused once, right after set-up")
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let Some(pc) = self.pc.take() else { return };
+        let port = self.port.take();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            tracing::debug!("viewer session abandoned during set-up; closing its peer connection");
+            runtime.spawn(async move {
+                let _ = pc.close().await;
+                drop(port);
+            });
+        }
+    }
+}
 
 struct Session {
     id: SessionId,
@@ -387,8 +429,11 @@ struct Session {
     connect_timeout: Duration,
     disconnected_timeout: Duration,
     metrics: SessionMetrics,
+    resend: Arc<resend::ResendBudget>,
     /// Held until the session ends (and its sockets with it).
     _port: ports::PortLease,
+    /// The limit slot of the WHEP request that made the session.
+    _held: Box<dyn Send>,
 }
 
 impl Session {
@@ -444,7 +489,7 @@ impl Session {
                         Next::Media(None) => return,
                         Next::Event(Some(TrackLocalEvent::OnRtcpPacket(packets))) => {
                             if !packets.iter().any(|p| rtcp::is_keyframe_request(p.as_ref()))
-                                || last_keyframe_request.is_some_and(|t| t.elapsed() < KEYFRAME_REQUEST_INTERVAL)
+                                || last_keyframe_request.is_some_and(|t| t.elapsed() < resend::GOP_RESEND_INTERVAL)
                             {
                                 continue;
                             }
@@ -454,12 +499,19 @@ impl Session {
                             match self.kind {
                                 TrackKind::Annotated => track.request_keyframe(),
                                 TrackKind::Raw => {
-                                    // Resend from the cached GOP's keyframe.
+                                    // Resend from the cached GOP's keyframe, within the shared budget.
                                     let mut fresh = track.subscribe();
-                                    if !fresh.gop.is_empty() {
+                                    let bytes: usize = fresh.gop.iter().map(|au| au.data.len()).sum();
+                                    if fresh.gop.is_empty() {
+                                        // Nothing cached yet: the camera's first IDR is on its way.
+                                    } else if self.resend.try_take(bytes) {
+                                        self.metrics.gop_resent.inc();
                                         queue = std::mem::take(&mut fresh.gop).into();
                                         sub = fresh;
                                         self.rtp.reanchor = true;
+                                    } else {
+                                        self.metrics.gop_resend_refused.inc();
+                                        tracing::debug!(session = %self.id, bytes, "GOP resend over budget");
                                     }
                                 }
                             }

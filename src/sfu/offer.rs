@@ -6,6 +6,12 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 
 use super::SfuError;
 
+/// Most media sections (`m=` lines) an offer may carry (a viewer needs one or two).
+pub const MAX_MEDIA_SECTIONS: usize = 16;
+/// Most formats an offer may list, in all its `m=` lines and `a=rtpmap` lines
+/// each (Chromium offers about 40 video formats).
+pub const MAX_FORMATS: usize = 256;
+
 /// The H.264 format the answer will use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChosenCodec {
@@ -23,6 +29,27 @@ pub fn check_offer(
     if !offer_sdp.trim_start().starts_with("v=") {
         return Err(SfuError::MalformedOffer("body is not an SDP description (no leading v= line)".into()));
     }
+    // One linear pass bounds what the SDP parser and the codec search below see.
+    let (mut sections, mut listed, mut rtpmaps) = (0usize, 0usize, 0usize);
+    for line in offer_sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            sections += 1;
+            listed += m.split_whitespace().count().saturating_sub(3);
+        } else if line.starts_with("a=rtpmap:") {
+            rtpmaps += 1;
+        }
+    }
+    if sections > MAX_MEDIA_SECTIONS {
+        return Err(SfuError::MalformedOffer(format!(
+            "the offer has {sections} media sections; at most {MAX_MEDIA_SECTIONS} are accepted"
+        )));
+    }
+    if listed.max(rtpmaps) > MAX_FORMATS {
+        return Err(SfuError::MalformedOffer(format!(
+            "the offer lists {} formats; at most {MAX_FORMATS} are accepted",
+            listed.max(rtpmaps)
+        )));
+    }
     let offer =
         RTCSessionDescription::offer(offer_sdp.to_owned()).map_err(|e| SfuError::MalformedOffer(e.to_string()))?;
     let parsed = offer.unmarshal().map_err(|e| SfuError::MalformedOffer(e.to_string()))?;
@@ -30,7 +57,7 @@ pub fn check_offer(
     if video.is_empty() {
         return Err(SfuError::NotAcceptable("the offer has no video section".into()));
     }
-    let mut offered_names = Vec::new();
+    let mut offered_names = std::collections::BTreeSet::new();
     let mut h264 = Vec::new();
     for m in &video {
         let mut codecs: Vec<_> = m.codecs().into_values().collect();
@@ -38,15 +65,19 @@ pub fn check_offer(
         for c in codecs {
             if c.name.eq_ignore_ascii_case("H264") && c.clock_rate == 90000 {
                 h264.push(c);
-            } else if !offered_names.contains(&c.name) {
-                offered_names.push(c.name.clone());
+            } else {
+                offered_names.insert(c.name.clone());
             }
         }
     }
     if h264.is_empty() {
         return Err(SfuError::NotAcceptable(format!(
             "the offer has no H.264 video (offered: {}); this server forwards H.264 only",
-            if offered_names.is_empty() { "nothing".to_owned() } else { offered_names.join(", ") }
+            if offered_names.is_empty() {
+                "nothing".to_owned()
+            } else {
+                offered_names.into_iter().collect::<Vec<_>>().join(", ")
+            }
         )));
     }
     let mode1: Vec<_> = h264.iter().filter(|c| fmtp_param(&c.fmtp, "packetization-mode") == Some("1")).collect();
@@ -106,6 +137,20 @@ mod tests {
             }
         }
         s
+    }
+
+    #[test]
+    fn too_many_sections_or_formats_are_refused_before_parsing() {
+        let one = offer(&[(102, "H264", "packetization-mode=1;profile-level-id=42e01f")]);
+        let (head, section) = one.split_at(one.find("m=video").expect("has video"));
+        let sections = format!("{head}{}", section.repeat(MAX_MEDIA_SECTIONS + 1));
+        let e = check_offer(&sections, None).expect_err("too many sections");
+        assert!(e.to_string().contains("17 media sections"), "{e}");
+        let formats: Vec<(u8, &str, &str)> = (0..=255u8).map(|pt| (pt, "VP8", "")).collect();
+        let mut many = offer(&formats);
+        many.push_str("a=rtpmap:96 VP8/90000\r\n");
+        let e = check_offer(&many, None).expect_err("too many formats");
+        assert!(e.to_string().contains("257 formats"), "{e}");
     }
 
     #[test]
