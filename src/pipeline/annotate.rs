@@ -2,7 +2,7 @@
 //! rate (`annotated_fps`), the stream's frame interval, whether the picture is
 //! too large to encode at all (`annotated_max_pixels`: refused once, with a
 //! clear state), and the encode step that publishes access units to the hub
-//! (restarting the encoder when the camera's picture size changes).
+//! (both encoders restart by themselves, with an IDR, when the picture size changes).
 
 use std::sync::RwLock;
 use std::time::{Instant, SystemTime};
@@ -52,12 +52,6 @@ pub(super) fn show_refusal(camera: &str, status: &RwLock<CameraStatus>, refused:
         None => tracing::info!(camera = %camera, "annotated track available again"),
     }
     s.annotated_unavailable = reason;
-}
-
-/// A running annotated encoder and the picture size it was made for.
-pub(super) struct RunningEncoder {
-    encoder: AnnotatedEncoder,
-    size: (u32, u32),
 }
 
 /// The stream's frame interval, from the pts of consecutive pictures (90 kHz).
@@ -160,22 +154,8 @@ impl AnnotatedShape {
     }
 }
 
-/// Encodes `frame` and publishes it on the annotated track, starting the
-/// encoder (with an IDR) when there is none or the picture size changed.
-pub(super) fn encode(ctx: &MediaContext, encoder: &mut Option<RunningEncoder>, frame: &VideoFrame, fps: f32) {
+pub(super) fn encode(ctx: &MediaContext, encoder: &mut Option<AnnotatedEncoder>, frame: &VideoFrame, fps: f32) {
     let mut force_idr = ctx.tracks.annotated.take_keyframe_request();
-    let size = (frame.width, frame.height);
-    if let Some(running) = encoder.as_ref()
-        && running.size != size
-    {
-        tracing::info!(
-            camera = %ctx.name,
-            from = %format_args!("{}x{}", running.size.0, running.size.1),
-            to = %format_args!("{}x{}", size.0, size.1),
-            "picture size changed: annotated encoder restarts"
-        );
-        *encoder = None;
-    }
     if encoder.is_none() {
         let fps = fps.clamp(1.0, 60.0);
         let config = EncoderConfig {
@@ -186,7 +166,7 @@ pub(super) fn encode(ctx: &MediaContext, encoder: &mut Option<RunningEncoder>, f
             gop_frames: (fps * 2.0).round() as u32,
         };
         match AnnotatedEncoder::new(ctx.config.annotated_encoder, config) {
-            Ok(e) => *encoder = Some(RunningEncoder { encoder: e, size }),
+            Ok(e) => *encoder = Some(e),
             Err(e) => {
                 tracing::error!(camera = %ctx.name, error = %e, "cannot create the H.264 encoder");
                 return;
@@ -201,9 +181,9 @@ pub(super) fn encode(ctx: &MediaContext, encoder: &mut Option<RunningEncoder>, f
         );
         force_idr = true;
     }
-    let Some(running) = encoder.as_mut() else { return };
+    let Some(enc) = encoder.as_mut() else { return };
     let t = Instant::now();
-    match running.encoder.encode(frame, force_idr) {
+    match enc.encode(frame, force_idr) {
         Ok(au) => {
             ctx.metrics.stage(Stage::Encode, ms_since(t));
             ctx.metrics.encoded.inc();

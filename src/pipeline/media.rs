@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::analysis::{Admit, AnalysisGate, AnalysisMode};
-use super::annotate::{AnnotatedShape, RunningEncoder, encode};
+use super::annotate::{AnnotatedShape, encode};
 use super::classify::{ClassifyPacer, Latest, Stashed, classify, retry_stashed};
 use super::health::Health;
 use super::queue::{FrameQueue, MediaMsg, Popped};
 use super::status::{CameraState, CameraStatus};
-use crate::codec::VideoDecoder;
+use crate::codec::{AnnotatedEncoder, VideoDecoder};
 use crate::config::{CameraConfig, EncodePolicy};
 use crate::hub::{CameraTracks, TrackKind};
 use crate::infer::{InferenceWorker, Preprocessor};
@@ -67,7 +67,7 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
         health: Health::new(Instant::now()),
         frames: Vec::new(),
     };
-    let mut encoder = None::<RunningEncoder>;
+    let mut encoder = None::<AnnotatedEncoder>;
     let mut annotated = AnnotatedShape::new(&ctx.config);
     let mut encoder_last_wanted = Instant::now();
     let mut overlay = Overlay::new();
