@@ -66,11 +66,24 @@ pub struct RtspConfig {
     pub backoff_initial_ms: u64,
     /// Longest reconnect delay, in ms (default 30000).
     pub backoff_max_ms: u64,
+    /// Largest access unit (one picture) a camera may send, in bytes (default
+    /// 16 MiB, 65536..=1 GiB); a larger one is dropped, counted and the session
+    /// reconnected.
+    pub max_access_unit_bytes: u64,
 }
+
+/// Default `[rtsp] max_access_unit_bytes`: 16 MiB, ~50× a 4K IDR at 8 Mbit/s.
+pub const DEFAULT_MAX_ACCESS_UNIT_BYTES: u64 = 16 << 20;
 
 impl Default for RtspConfig {
     fn default() -> Self {
-        RtspConfig { request_timeout_ms: 5000, frame_timeout_ms: 5000, backoff_initial_ms: 500, backoff_max_ms: 30_000 }
+        RtspConfig {
+            request_timeout_ms: 5000,
+            frame_timeout_ms: 5000,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            max_access_unit_bytes: DEFAULT_MAX_ACCESS_UNIT_BYTES,
+        }
     }
 }
 
@@ -246,6 +259,12 @@ pub struct CameraConfig {
     /// camera's). Lower costs less encode CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotated_fps: Option<f32>,
+    /// Largest annotated picture encoded, in pixels (width × height after
+    /// `annotated_scale`; default 2 073 600 = 1920×1080). A larger camera keeps
+    /// decoding and classifying, but its annotated track is refused (shown in
+    /// `annotated_unavailable`).
+    #[serde(default = "default_annotated_max_pixels")]
+    pub annotated_max_pixels: u32,
     /// `auto` (default), `every_frame` or `keyframes`: which frames are decoded
     /// while nobody watches the annotated track; see [`AnalysisPolicy`].
     #[serde(default)]
@@ -254,6 +273,10 @@ pub struct CameraConfig {
 
 fn default_annotated_linger_ms() -> u64 {
     5000
+}
+
+fn default_annotated_max_pixels() -> u32 {
+    1920 * 1080
 }
 
 fn default_annotated_scale() -> f32 {
@@ -282,6 +305,7 @@ impl CameraConfig {
             annotated_encoder: EncoderKind::default(),
             annotated_scale: default_annotated_scale(),
             annotated_fps: None,
+            annotated_max_pixels: default_annotated_max_pixels(),
             analysis: AnalysisPolicy::default(),
         }
     }
@@ -413,6 +437,7 @@ impl Config {
             ("rtsp.frame_timeout_ms", r.frame_timeout_ms, 100, 600_000),
             ("rtsp.backoff_initial_ms", r.backoff_initial_ms, 10, 3_600_000),
             ("rtsp.backoff_max_ms", r.backoff_max_ms, 10, 3_600_000),
+            ("rtsp.max_access_unit_bytes", r.max_access_unit_bytes, 65_536, 1 << 30),
         ] {
             if !(lo..=hi).contains(&value) {
                 return Err(format!("{key} = {value} is out of range {lo}..={hi}"));
@@ -460,6 +485,12 @@ impl Config {
                 && !(1.0..=120.0).contains(&fps)
             {
                 return Err(format!("camera {:?}: annotated_fps = {fps} is out of range 1..=120", cam.name));
+            }
+            if !(16_384..=35_389_440).contains(&cam.annotated_max_pixels) {
+                return Err(format!(
+                    "camera {:?}: annotated_max_pixels = {} is out of range 16384..=35389440 (8192×4320)",
+                    cam.name, cam.annotated_max_pixels
+                ));
             }
             if cam.annotated_linger_ms > 3_600_000 {
                 return Err(format!("camera {:?}: annotated_linger_ms must be at most 3600000 (1 h)", cam.name));
@@ -586,6 +617,14 @@ mod tests {
             (
                 "[[camera]]\nname = \"a\"\nurl = \"rtsp://h/\"\nannotated_scale = 0\n",
                 "annotated_scale = 0 is out of range (0, 1]",
+            ),
+            (
+                "[[camera]]\nname = \"a\"\nurl = \"rtsp://h/\"\nannotated_max_pixels = 100\n",
+                "annotated_max_pixels = 100 is out of range 16384..=35389440",
+            ),
+            (
+                "[rtsp]\nmax_access_unit_bytes = 1000\n",
+                "rtsp.max_access_unit_bytes = 1000 is out of range 65536..=1073741824",
             ),
         ] {
             let err = Config::parse(text).expect("parses").validate().expect_err(text);

@@ -54,6 +54,7 @@ pub struct Metrics {
     frames_encoded: IntCounterVec,
     frames_dropped: IntCounterVec,
     reconnects: IntCounterVec,
+    annotated_refused: IntCounterVec,
     stage_seconds: HistogramVec,
     capture_to_label_seconds: HistogramVec,
     capture_to_encoded_seconds: HistogramVec,
@@ -106,10 +107,16 @@ impl Metrics {
             frames_dropped: counter(
                 &r,
                 "frames_dropped_total",
-                "Frames or requests dropped, by reason (decode_queue_full, inference_busy, corrupt, waiting_for_keyframe)",
+                "Frames or requests dropped, by reason (decode_queue_full, inference_busy, corrupt, waiting_for_keyframe, access_unit_too_large)",
                 &["camera", "reason"],
             ),
             reconnects: counter(&r, "reconnects_total", "Camera reconnect attempts", cam),
+            annotated_refused: counter(
+                &r,
+                "annotated_refused_total",
+                "Times a camera's annotated track became unavailable (picture over annotated_max_pixels)",
+                cam,
+            ),
             stage_seconds: histogram(
                 &r,
                 "stage_duration_seconds",
@@ -146,6 +153,7 @@ impl Metrics {
             classified: self.frames_classified.with_label_values(c),
             encoded: self.frames_encoded.with_label_values(c),
             reconnects: self.reconnects.with_label_values(c),
+            annotated_refused: self.annotated_refused.with_label_values(c),
             dropped: self.frames_dropped.clone(),
             stages: Stage::ALL.map(|s| self.stage_seconds.with_label_values(&[camera, s.as_str()])),
             capture_to_label: self.capture_to_label_seconds.with_label_values(c),
@@ -180,6 +188,8 @@ pub struct CameraMetrics {
     pub classified: IntCounter,
     pub encoded: IntCounter,
     pub reconnects: IntCounter,
+    /// Times the annotated track became unavailable (picture too large).
+    pub annotated_refused: IntCounter,
     dropped: IntCounterVec,
     stages: [Histogram; 5],
     pub capture_to_label: Histogram,

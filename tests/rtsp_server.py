@@ -6,7 +6,8 @@ Run it with Debian's /usr/bin/python3 (other pythons lack `gi`):
   tests/rtsp_server.py --port 0 --mount /cam1=assets/demo/bikes-640x272.h264 \
       [--mount /hd=assets/demo/bikes-1280x720.h264] [--mount /h265=....h265] \
       [--mount /b=assets/demo/bikes-1280x720-high-bframes.mkv] \
-      [--mount /mjpeg=mjpeg] [--auth user:pass [--basic]]
+      [--mount /mjpeg=mjpeg] [--auth user:pass [--basic]] \
+      [--ts-jump /cam1=SECONDS[:TICKS]] [--huge-au /cam1=SECONDS:MIB]
 
 Binds 127.0.0.1 only, prints `READY port=N` once serving, runs until SIGTERM/SIGINT.
 An Annex B .h264/.h265 clip (scripts/make-clips) is split into access units once
@@ -22,6 +23,15 @@ DTS), so RTP timestamps are presentation times, as from a real camera, and keep
 rising across loops; sending is paced by DTS. Matroska stores no DTS: for a
 constant frame rate it is derived as sorted(PTS)[i] − reorder delay (as ffmpeg does).
 `mjpeg` is a live test pattern (jpegenc), for "unsupported codec" tests.
+
+Hostile cameras (per mount, counted in stream time from the media's start):
+--ts-jump /PATH=SECONDS[:TICKS] makes the RTP timestamps on the wire jump by TICKS
+(default 2^31) of 90 kHz every SECONDS: forward by TICKS, then back by TICKS, and so
+on (with 2^31 both jumps are the same 32-bit value: a receiver cannot tell +2^31 from
+-2^31). Pacing is untouched: the units' PTS are shifted by TICKS only while they pass
+the payloader (rtptime comes from PTS there), and shifted back right after it.
+--huge-au /PATH=SECONDS:MIB appends a filler NAL (type 12) of MIB MiB to the last
+access unit of every SECONDS: one access unit of tens of MB, sent at once.
 """
 import argparse, signal, sys
 try:
@@ -92,8 +102,9 @@ def load_container(path):
 class ClipFactory(GstRtspServer.RTSPMediaFactory):
     """Replays one clip in a loop; each new (shared) media starts at its first unit."""
 
-    def __init__(self, path, codec):
+    def __init__(self, path, codec, ts_jump=None, huge_au=None):
         super().__init__(shared=True)
+        self.ts_jump, self.huge_au = ts_jump, huge_au  # (seconds, ticks), (seconds, bytes) or None
         if codec == "container":
             codec, self.units, self.pts, self.dts = load_container(path)
             last = self.units[-1].duration if valid(self.units[-1].duration) else FRAME
@@ -101,14 +112,27 @@ class ClipFactory(GstRtspServer.RTSPMediaFactory):
         else:
             self.units, self.pts, self.dts = load_units(path, codec)
             self.length = len(self.units) * FRAME
+        # A huge unit in 1400-byte packets would be ~25 000 packets in one buffer list, which overflows
+        # the stack of gst-rtsp-server's TCP sender (it allocas per packet): send 60 kB packets instead
+        # (fine over TCP interleaved, as RTSP clients take it).
+        mtu = " mtu=60000" if huge_au else ""
         self.set_launch(f"( appsrc name=src format=time stream-type=stream caps=video/x-{codec},"
                         f"stream-format=byte-stream,alignment=au,framerate=25/1 ! {codec}parse ! "
-                        f"rtp{codec}pay name=pay0 pt=96 config-interval=-1 )")
+                        f"rtp{codec}pay name=pay0 pt=96 config-interval=-1{mtu} )")
         self.connect("media-configure", self.configure)
 
     def configure(self, _factory, media):
         src, n = media.get_element().get_by_name("src"), [0]
         count = len(self.units)
+        jump_ns = jump_period = huge = None
+        if self.ts_jump:
+            seconds, ticks = self.ts_jump
+            jump_period = max(1, round(seconds * 25))
+            jump_ns = -(-ticks * Gst.SECOND // 90_000)  # ceil: rtptime = floor(ns × 90k / 1e9) gains exactly `ticks`
+            restore_pts(media.get_element().get_by_name("pay0"), jump_ns)
+        if self.huge_au:
+            seconds, size = self.huge_au
+            huge = (max(1, round(seconds * 25)), Gst.Buffer.new_wrapped(b"\0\0\0\1\x0c" + b"\xff" * size + b"\x80"))
         # unit n (counting on across loops) is sent at DTS `dts(n)`; its RTP timestamp is from its PTS
         dts = lambda k: k // count * self.length + self.dts[k % count]
 
@@ -123,11 +147,50 @@ class ClipFactory(GstRtspServer.RTSPMediaFactory):
             i, offset = n[0] % count, n[0] // count * self.length
             buf = units[i].copy()  # shares the bytes; new timestamps
             buf.pts, buf.dts = offset + self.pts[i], offset + self.dts[i]
+            if jump_ns and n[0] // jump_period % 2 == 1:
+                buf.pts, buf.dts = buf.pts + jump_ns, buf.dts + jump_ns
+            if huge and n[0] % huge[0] == huge[0] - 1:
+                buf = buf.append(huge[1].copy())  # shares the filler's bytes
             buf.duration = FRAME
             n[0] += 1
             appsrc.emit("push-buffer", buf)
 
         src.connect("need-data", need_data)
+
+
+def restore_pts(pay, shift_ns):
+    """Subtracts `shift_ns` from the PTS/DTS of RTP buffers leaving `pay` that carry it, so the
+    RTP timestamps keep the jump while the sinks pace by the true time (streams here run for far
+    less than `shift_ns`, ~6.6 h for 2^31 ticks)."""
+
+    def back(buf):
+        if valid(buf.pts) and buf.pts >= shift_ns:
+            buf.pts -= shift_ns
+            if valid(buf.dts) and buf.dts >= shift_ns:
+                buf.dts -= shift_ns
+
+    def probe(_pad, info):
+        if info.type & Gst.PadProbeType.BUFFER_LIST:
+            blist = info.get_buffer_list()
+            for i in range(blist.length()):
+                back(blist.get(i))
+        else:
+            back(info.get_buffer())
+        return Gst.PadProbeReturn.OK
+
+    pay.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, probe)
+
+
+def per_mount(specs, option, parse):
+    """`/PATH=VALUE` options → {path: parse(VALUE)}."""
+    out = {}
+    for spec in specs:
+        path, _, value = spec.partition("=")
+        try:
+            out[path] = parse(value)
+        except ValueError:
+            sys.exit(f"{option} {spec}: see --help")
+    return out
 
 
 def main():
@@ -136,7 +199,12 @@ def main():
     ap.add_argument("--mount", action="append", default=[], metavar="/PATH=CLIP|mjpeg", required=True)
     ap.add_argument("--auth", metavar="USER:PASS", help="every mount then needs these credentials")
     ap.add_argument("--basic", action="store_true", help="with --auth: Basic instead of Digest")
+    ap.add_argument("--ts-jump", action="append", default=[], metavar="/PATH=SECONDS[:TICKS]")
+    ap.add_argument("--huge-au", action="append", default=[], metavar="/PATH=SECONDS:MIB")
     args = ap.parse_args()
+    jumps = per_mount(args.ts_jump, "--ts-jump",
+                      lambda v: (float(v.partition(":")[0]), int(v.partition(":")[2] or 1 << 31)))
+    huge = per_mount(args.huge_au, "--huge-au", lambda v: (float(v.split(":")[0]), int(v.split(":")[1]) << 20))
     Gst.init(None)
 
     server = GstRtspServer.RTSPServer(address="127.0.0.1", service=str(args.port))
@@ -154,12 +222,14 @@ def main():
                      "mov": "container"}.get(clip.rsplit(".", 1)[-1].lower())
             if codec is None:
                 sys.exit(f"--mount {spec}: want a .h264/.h265 Annex B clip, a .mkv/.mp4 clip or `mjpeg`")
-            factory = ClipFactory(clip, codec)
+            factory = ClipFactory(clip, codec, jumps.pop(path, None), huge.pop(path, None))
         if args.auth:
             factory.add_role_from_structure(Gst.Structure.from_string(
                 "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true")[0])
         mounts.add_factory(path, factory)
 
+    if jumps or huge:
+        sys.exit(f"--ts-jump/--huge-au for paths with no clip mount: {sorted({*jumps, *huge})}")
     if args.auth:
         user, _, password = args.auth.partition(":")
         auth = GstRtspServer.RTSPAuth()

@@ -87,6 +87,12 @@ async fn create_inner(
             ),
         ));
     }
+    if kind == TrackKind::Annotated
+        && let Some(reason) = cam.status().annotated_unavailable
+    {
+        let message = format!("camera {camera:?}: the annotated track is unavailable: {reason}");
+        return Err(ApiError::new(StatusCode::CONFLICT, "annotated_unavailable", message));
+    }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case(SDP) {

@@ -49,6 +49,8 @@ pub enum IngestError {
     Ended,
     #[error("stream error: {0}")]
     Stream(String),
+    #[error("access unit of {bytes} bytes is over rtsp.max_access_unit_bytes = {limit}: dropped, reconnecting")]
+    AccessUnitTooLarge { bytes: usize, limit: usize },
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
 }

@@ -1,7 +1,8 @@
 //! RTSP cameras through retina: DESCRIBE / SETUP (TCP interleaved) / PLAY with
 //! timeouts, digest or basic auth from the URL, H.264 and H.265 access units in
 //! Annex B (parameter sets before each keyframe), in decode order,
-//! and capture times from RTCP sender reports.
+//! capture times from RTCP sender reports (re-anchored when the camera's RTP
+//! timestamps jump), and a cap on the size of one access unit.
 
 use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,11 +22,21 @@ pub struct RtspOptions {
     pub request_timeout: Duration,
     /// Longest wait for the next frame before the camera counts as hung.
     pub frame_timeout: Duration,
+    /// Largest access unit accepted, in bytes; a larger one ends the session
+    /// ([`IngestError::AccessUnitTooLarge`]). retina assembles a whole access
+    /// unit before handing it over, so this bounds everything after retina
+    /// (hub, decode queue, decoder); retina's own buffer is freed with the
+    /// session, and `frame_timeout` bounds how long it can keep growing.
+    pub max_access_unit_bytes: usize,
 }
 
 impl Default for RtspOptions {
     fn default() -> Self {
-        RtspOptions { request_timeout: Duration::from_secs(5), frame_timeout: Duration::from_secs(5) }
+        RtspOptions {
+            request_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(5),
+            max_access_unit_bytes: crate::config::DEFAULT_MAX_ACCESS_UNIT_BYTES as usize,
+        }
     }
 }
 
@@ -36,6 +47,7 @@ pub struct RtspSession {
     info: StreamInfo,
     clock: CaptureClock,
     frame_timeout: Duration,
+    max_access_unit_bytes: usize,
 }
 
 /// First line of a retina error: later lines hold connection context (addresses,
@@ -114,6 +126,7 @@ impl RtspSession {
             info,
             clock: CaptureClock::default(),
             frame_timeout: options.frame_timeout,
+            max_access_unit_bytes: options.max_access_unit_bytes,
         })
     }
 
@@ -122,7 +135,8 @@ impl RtspSession {
     }
 
     /// The next video access unit. Errors when the camera ends the stream, sends
-    /// something retina cannot parse, or sends nothing for `frame_timeout`.
+    /// something retina cannot parse, sends nothing for `frame_timeout`, or
+    /// sends an access unit over `max_access_unit_bytes` (dropped unread).
     pub async fn next(&mut self) -> Result<AccessUnit, IngestError> {
         loop {
             let item = tokio::time::timeout(self.frame_timeout, self.demuxed.next())
@@ -135,11 +149,24 @@ impl RtspSession {
             };
             match item {
                 CodecItem::VideoFrame(f) if f.stream_id() == self.stream_i => {
+                    if f.data().len() > self.max_access_unit_bytes {
+                        return Err(IngestError::AccessUnitTooLarge {
+                            bytes: f.data().len(),
+                            limit: self.max_access_unit_bytes,
+                        });
+                    }
                     let received_at = Instant::now();
                     let ts = f.timestamp();
                     let rate = i64::from(ts.clock_rate().get());
                     let pts_90k = ts.elapsed() * 90_000 / rate;
+                    let jumps = self.clock.jumps;
                     let captured_at = self.clock.captured_at(ts.timestamp(), rate, SystemTime::now());
+                    if self.clock.jumps > jumps && self.clock.jumps.is_power_of_two() {
+                        tracing::warn!(
+                            jumps = self.clock.jumps,
+                            "the camera's RTP timestamps jumped; capture times re-anchored at arrival"
+                        );
+                    }
                     if f.has_new_parameters()
                         && let Some(ParametersRef::Video(v)) = self.demuxed.streams()[self.stream_i].parameters()
                     {
@@ -153,7 +180,8 @@ impl RtspSession {
                 CodecItem::Rtcp(rtcp) if rtcp.stream_id() == self.stream_i => {
                     let Some(rtp_ts) = rtcp.rtp_timestamp() else { continue };
                     if let Some(Ok(Some(sr))) = rtcp.pkts().next().map(|p| p.as_sender_report()) {
-                        self.clock.sender_report(rtp_ts.timestamp(), ntp_to_system_time(sr.ntp_timestamp()));
+                        let rate = i64::from(rtp_ts.clock_rate().get());
+                        self.clock.sender_report(rtp_ts.timestamp(), ntp_to_system_time(sr.ntp_timestamp()), rate);
                     }
                 }
                 _ => {}
@@ -174,25 +202,55 @@ fn ntp_to_system_time(ntp: retina::NtpTimestamp) -> SystemTime {
 /// Maps RTP timestamps to wall-clock capture times: through the latest RTCP
 /// sender report (camera's clock) when there is one, else anchored at the
 /// first frame's arrival.
+///
+/// A camera whose RTP timestamps jump (by ±2³¹ even, which retina's 32-bit
+/// unwrapping reads as hours back) is re-anchored at the arrival of the first
+/// frame after the jump, until a sender report on the new timeline comes; a
+/// sender report from the old timeline (more than [`MAX_FRAME_GAP_S`] away from
+/// the latest frame) is ignored.
 #[derive(Debug, Default)]
 pub struct CaptureClock {
     /// `(extended RTP timestamp, wall time)` of the reference point.
     reference: Option<(i64, SystemTime)>,
     from_sender_report: bool,
+    /// Extended RTP timestamp of the latest frame.
+    last_frame_ts: Option<i64>,
+    /// Times the RTP timeline jumped (re-anchored).
+    pub jumps: u64,
 }
 
+/// Largest step between consecutive frames' RTP timestamps, in seconds, that
+/// is still one timeline; beyond it (either way) the camera's clock jumped.
+pub const MAX_FRAME_GAP_S: i64 = 10;
+
 impl CaptureClock {
-    pub fn sender_report(&mut self, rtp_ts: i64, wall: SystemTime) {
+    /// A sender report mapping `rtp_ts` (extended) to the camera's `wall` clock.
+    /// Ignored when far from the latest frame's timestamp (sent before a jump);
+    /// `clock_rate_hz` of the stream.
+    pub fn sender_report(&mut self, rtp_ts: i64, wall: SystemTime, clock_rate_hz: i64) {
+        if self.last_frame_ts.is_some_and(|last| (rtp_ts - last).abs() > MAX_FRAME_GAP_S * clock_rate_hz.max(1)) {
+            return;
+        }
         self.reference = Some((rtp_ts, wall));
         self.from_sender_report = true;
     }
 
-    /// Capture time of a frame with extended RTP timestamp `rtp_ts` at `clock_rate_hz`.
+    /// Capture time of a frame with extended RTP timestamp `rtp_ts` at `clock_rate_hz`
+    /// that arrived at `now`.
     pub fn captured_at(&mut self, rtp_ts: i64, clock_rate_hz: i64, now: SystemTime) -> SystemTime {
+        let rate = clock_rate_hz.max(1);
+        let jumped = self.last_frame_ts.is_some_and(|last| (rtp_ts - last).abs() > MAX_FRAME_GAP_S * rate);
+        self.last_frame_ts = Some(rtp_ts);
+        if jumped {
+            self.jumps += 1;
+            self.reference = Some((rtp_ts, now));
+            self.from_sender_report = false;
+        }
         let (ref_ts, ref_wall) = *self.reference.get_or_insert((rtp_ts, now));
-        let delta_ns = (rtp_ts - ref_ts) as i128 * 1_000_000_000 / i128::from(clock_rate_hz.max(1));
-        let delta = Duration::from_nanos(delta_ns.unsigned_abs() as u64);
-        if delta_ns >= 0 { ref_wall + delta } else { ref_wall.checked_sub(delta).unwrap_or(ref_wall) }
+        let delta_ns = i128::from(rtp_ts - ref_ts) * 1_000_000_000 / i128::from(rate);
+        let delta = Duration::from_nanos(u64::try_from(delta_ns.unsigned_abs()).unwrap_or(u64::MAX));
+        let shifted = if delta_ns >= 0 { ref_wall.checked_add(delta) } else { ref_wall.checked_sub(delta) };
+        shifted.unwrap_or(ref_wall)
     }
 
     /// Whether capture times come from the camera's sender reports.
@@ -212,9 +270,43 @@ mod tests {
         assert_eq!(c.captured_at(90_000, 90_000, t0), t0);
         assert_eq!(c.captured_at(135_000, 90_000, t0), t0 + Duration::from_millis(500));
         let sr_wall = t0 + Duration::from_secs(10);
-        c.sender_report(180_000, sr_wall);
+        c.sender_report(180_000, sr_wall, 90_000);
         assert!(c.is_from_sender_report());
         assert_eq!(c.captured_at(171_000, 90_000, t0), sr_wall - Duration::from_millis(100));
+    }
+
+    #[test]
+    fn capture_clock_reanchors_when_rtp_timestamps_jump_by_2_pow_31() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut c = CaptureClock::default();
+        c.sender_report(0, t0, 90_000);
+        assert_eq!(c.captured_at(3600, 90_000, t0), t0 + Duration::from_millis(40));
+        // retina unwraps a jump of exactly 2^31 as 2^31 back (~6.6 h): the frame is still "now".
+        let later = t0 + Duration::from_millis(80);
+        let back = 7200 - (1i64 << 31);
+        assert_eq!(c.captured_at(back, 90_000, later), later);
+        assert_eq!(c.captured_at(back + 3600, 90_000, later), later + Duration::from_millis(40));
+        // A sender report sent before the jump is stale; one on the new timeline counts.
+        c.sender_report(3600, t0, 90_000);
+        assert!(!c.is_from_sender_report());
+        c.sender_report(back + 7200, later + Duration::from_secs(1), 90_000);
+        assert!(c.is_from_sender_report());
+        // Forward by just under 2^31 (+6.6 h): re-anchored too.
+        let ahead = back + (1i64 << 31) - 3600;
+        let t2 = later + Duration::from_secs(2);
+        assert_eq!(c.captured_at(ahead, 90_000, t2), t2);
+        assert_eq!(c.jumps, 2);
+    }
+
+    #[test]
+    fn capture_clock_never_panics_on_extreme_timestamps() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut c = CaptureClock::default();
+        c.sender_report(0, now, 1);
+        assert!(c.captured_at(i64::MAX / 4, 1, now) > now, "far ahead, capped, no overflow");
+        let mut c = CaptureClock::default();
+        c.sender_report(i64::MAX / 2, now, 1);
+        let _ = c.captured_at(i64::MIN / 2, 1, now); // far behind: no overflow either
     }
 
     #[test]

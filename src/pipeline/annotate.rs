@@ -1,16 +1,58 @@
 //! The annotated track's shape and encoder: its size (`annotated_scale`) and
-//! rate (`annotated_fps`), the stream's frame interval, and the encode step
-//! that publishes access units to the hub.
+//! rate (`annotated_fps`), the stream's frame interval, whether the picture is
+//! too large to encode at all (`annotated_max_pixels`: refused once, with a
+//! clear state), and the encode step that publishes access units to the hub
+//! (both encoders restart by themselves, with an IDR, when the picture size changes).
 
+use std::sync::RwLock;
 use std::time::{Instant, SystemTime};
 
+use prometheus::IntCounter;
+
 use super::media::{MediaContext, ms_since};
+use super::status::CameraStatus;
 use crate::codec::AnnotatedEncoder;
 use crate::codec::encode::EncoderConfig;
 use crate::config::CameraConfig;
 use crate::media::VideoFrame;
 use crate::media::scale::scaled_size;
 use crate::telemetry::Stage;
+
+/// Why the annotated track of a `width`×`height` camera cannot be encoded
+/// (its picture after `scale` is over `max_pixels`), with what to change; `None`
+/// when it can.
+pub(super) fn refusal(scale: f32, max_pixels: u32, width: u32, height: u32) -> Option<String> {
+    let (w, h) = if scale >= 1.0 { (width, height) } else { scaled_size(width, height, scale) };
+    let (pixels, max) = (u64::from(w) * u64::from(h), u64::from(max_pixels));
+    if pixels <= max {
+        return None;
+    }
+    // The largest scale (two decimals, rounded down) that fits.
+    let fit = (max as f64 / (u64::from(width) * u64::from(height)).max(1) as f64).sqrt();
+    let suggested = ((fit * 100.0).floor() / 100.0).max(0.01);
+    Some(format!(
+        "{w}x{h} is {pixels} pixels, over annotated_max_pixels = {max}: set annotated_scale = {suggested} \
+         (or lower) or raise annotated_max_pixels"
+    ))
+}
+
+/// Shows `reason` (from [`refusal`]) as the camera's `annotated_unavailable`;
+/// logs and counts only a change, so a refused camera costs one log line, not
+/// one per frame.
+pub(super) fn show_refusal(camera: &str, status: &RwLock<CameraStatus>, refused: &IntCounter, reason: Option<String>) {
+    let mut s = status.write().expect("status lock is never poisoned");
+    if s.annotated_unavailable == reason {
+        return;
+    }
+    match &reason {
+        Some(why) => {
+            tracing::warn!(camera = %camera, reason = %why, "annotated track unavailable");
+            refused.inc();
+        }
+        None => tracing::info!(camera = %camera, "annotated track available again"),
+    }
+    s.annotated_unavailable = reason;
+}
 
 /// The stream's frame interval, from the pts of consecutive pictures (90 kHz).
 #[derive(Default)]
@@ -39,6 +81,9 @@ impl FrameInterval {
 pub(super) struct AnnotatedShape {
     scale: f32,
     fps: Option<f32>,
+    max_pixels: u32,
+    /// The camera picture size last checked against `max_pixels`, and the verdict.
+    checked: Option<((u32, u32), bool)>,
     pub(super) frame_interval: FrameInterval,
     /// pts at which the next annotated frame is due (with `annotated_fps`).
     next_due_90k: Option<i64>,
@@ -49,8 +94,26 @@ impl AnnotatedShape {
         AnnotatedShape {
             scale: config.annotated_scale,
             fps: config.annotated_fps,
+            max_pixels: config.annotated_max_pixels,
+            checked: None,
             frame_interval: FrameInterval::default(),
             next_due_90k: None,
+        }
+    }
+
+    /// Whether the annotated track of a camera picture of `width`×`height` is
+    /// refused (too large); checked again only when the size changes, and shown
+    /// in the camera's status.
+    pub(super) fn refused(&mut self, ctx: &MediaContext, width: u32, height: u32) -> bool {
+        match self.checked {
+            Some((size, refused)) if size == (width, height) => refused,
+            _ => {
+                let reason = refusal(self.scale, self.max_pixels, width, height);
+                let refused = reason.is_some();
+                show_refusal(&ctx.name, &ctx.status, &ctx.metrics.annotated_refused, reason);
+                self.checked = Some(((width, height), refused));
+                refused
+            }
         }
     }
 
@@ -151,5 +214,16 @@ mod tests {
         let mut shape = AnnotatedShape::new(&config);
         assert!(shape.due(900_000) && !shape.due(903_600));
         assert!(shape.due(0), "the source restarted: a new grid");
+    }
+
+    #[test]
+    fn pictures_over_annotated_max_pixels_are_refused_with_the_scale_that_fits() {
+        let max = 1920 * 1080;
+        assert_eq!(refusal(1.0, max, 1920, 1080), None);
+        let why = refusal(1.0, max, 3840, 2160).expect("4K is over 1080p");
+        assert!(why.starts_with("3840x2160 is 8294400 pixels, over annotated_max_pixels = 2073600"), "{why}");
+        assert!(why.contains("annotated_scale = 0.5 "), "{why}");
+        assert_eq!(refusal(0.5, max, 3840, 2160), None, "annotated_scale brings it under");
+        assert!(refusal(1.0, 16_384, 1280, 720).expect("tiny limit").contains("annotated_scale = 0.13 "));
     }
 }

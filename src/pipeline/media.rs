@@ -96,7 +96,8 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
             }
             Popped::Msg(MediaMsg::AccessUnit(au)) => au,
         };
-        let needs_every_frame = encoder.is_some() || annotated_wanted(ctx);
+        let refused = ctx.status.read().expect("status lock is never poisoned").annotated_unavailable.is_some();
+        let needs_every_frame = encoder.is_some() || (annotated_wanted(ctx) && !refused);
         let admit = dec.gate.admit(&au, needs_every_frame);
         if au.keyframe {
             show_mode(ctx, &dec.gate, &pacer); // once per GOP
@@ -118,17 +119,20 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
 
             classify(ctx, &mut pre, &mut pacer, &latest, &frame, keyframes_only, &mut stash);
 
-            let wanted = annotated_wanted(ctx);
+            // Too large to encode (annotated_max_pixels): never encoded, said once.
+            let refused = annotated.refused(ctx, frame.width, frame.height);
+            let wanted = !refused && annotated_wanted(ctx);
             if wanted {
                 encoder_last_wanted = Instant::now();
             }
             let linger = Duration::from_millis(ctx.config.annotated_linger_ms);
-            let encoding = wanted || (encoder.is_some() && encoder_last_wanted.elapsed() < linger);
+            let encoding = wanted || (!refused && encoder.is_some() && encoder_last_wanted.elapsed() < linger);
+            if !encoding && encoder.take().is_some() {
+                let why = if refused { "the picture is over annotated_max_pixels" } else { "no viewers" };
+                tracing::info!(camera = %ctx.name, "annotated encoder stopped: {why}");
+            }
             let snapshot_waiting = pending_snapshots.iter().any(|r| r.track == TrackKind::Annotated);
             if !encoding && !snapshot_waiting {
-                if encoder.take().is_some() {
-                    tracing::info!(camera = %ctx.name, "annotated encoder stopped: no viewers");
-                }
                 continue;
             }
             // The annotated picture: scaled first (so the label stays sharp), then labelled.

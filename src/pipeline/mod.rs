@@ -91,6 +91,7 @@ impl Camera {
         };
         std::thread::Builder::new().name(format!("media-{name}")).spawn(move || run_media(ctx))?;
         let supervisor = Supervisor {
+            name: name.clone(),
             url,
             status: status.clone(),
             tracks: tracks.clone(),
@@ -98,6 +99,8 @@ impl Camera {
             metrics,
             rtsp: services.rtsp.clone(),
             decoder: config.decoder,
+            annotated_scale: config.annotated_scale,
+            annotated_max_pixels: config.annotated_max_pixels,
         };
         let span = tracing::info_span!("camera", name = %name);
         tokio::spawn(supervise(Arc::new(supervisor), cancel).instrument(span));
@@ -179,6 +182,7 @@ async fn supervise(supervisor: Arc<Supervisor>, cancel: CancellationToken) {
 }
 
 struct Supervisor {
+    name: String,
     url: Result<CameraUrl, IngestError>,
     status: Arc<RwLock<CameraStatus>>,
     tracks: Arc<CameraTracks>,
@@ -186,6 +190,8 @@ struct Supervisor {
     metrics: CameraMetrics,
     rtsp: RtspConfig,
     decoder: DecoderKind,
+    annotated_scale: f32,
+    annotated_max_pixels: u32,
 }
 
 impl Supervisor {
@@ -201,6 +207,9 @@ impl Supervisor {
                 () = cancel.cancelled() => break,
             };
             let Err(error) = result;
+            if matches!(error, IngestError::AccessUnitTooLarge { .. }) {
+                self.metrics.dropped("access_unit_too_large", 1);
+            }
             if streamed {
                 backoff.reset();
             }
@@ -236,6 +245,7 @@ impl Supervisor {
             let options = RtspOptions {
                 request_timeout: Duration::from_millis(self.rtsp.request_timeout_ms),
                 frame_timeout: Duration::from_millis(self.rtsp.frame_timeout_ms),
+                max_access_unit_bytes: usize::try_from(self.rtsp.max_access_unit_bytes).unwrap_or(usize::MAX),
             };
             Source::Rtsp(RtspSession::connect(url, &options).await?)
         } else {
@@ -254,6 +264,12 @@ impl Supervisor {
             s.width = info.width.or(s.width);
             s.height = info.height.or(s.height);
             s.bframes = false;
+        }
+        // Known from the SDP before the first picture: refuse WHEP for a too-large
+        // annotated track at once (the media thread checks every new size again).
+        if let (Some(w), Some(h)) = (info.width, info.height) {
+            let reason = annotate::refusal(self.annotated_scale, self.annotated_max_pixels, w, h);
+            annotate::show_refusal(&self.name, &self.status, &self.metrics.annotated_refused, reason);
         }
         tracing::info!(url = %url, "connected");
         self.tracks.raw.reset();

@@ -62,6 +62,10 @@ pub struct CameraStatus {
     pub keyframe_rate_hz: Option<f32>,
     /// Which library decodes the stream: `ffmpeg` or `openh264`.
     pub decoder: DecoderKind,
+    /// Why the annotated track cannot be watched (the picture is over
+    /// `annotated_max_pixels` after `annotated_scale`, and what to change);
+    /// `null` when it can. WHEP requests for it get 409.
+    pub annotated_unavailable: Option<String>,
 }
 
 impl CameraStatus {
@@ -83,6 +87,7 @@ impl CameraStatus {
             analysis: AnalysisMode::EveryFrame,
             keyframe_rate_hz: None,
             decoder,
+            annotated_unavailable: None,
         }
     }
 

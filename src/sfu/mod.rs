@@ -158,10 +158,33 @@ impl Sfu {
 
     /// Answers `offer_sdp` with a new peer connection sending `kind` of
     /// `camera`'s tracks; streaming starts once the viewer connects. `held`
-    /// (a limit's slot) lives as long as the session. If this future is
-    /// dropped half-way (the client went), the peer connection is closed and
-    /// its port freed in the background.
+    /// (a limit's slot) lives as long as the session.
+    ///
+    /// The set-up runs in a task of its own, so dropping this future half-way
+    /// (the WHEP client hung up) cannot strand a half-built peer connection:
+    /// webrtc's driver task, once spawned, would keep its sockets forever. A
+    /// session finished for a caller that is gone is ended at once.
     pub async fn create_session(
+        self: &Arc<Self>,
+        camera: &str,
+        tracks: Arc<CameraTracks>,
+        kind: TrackKind,
+        offer_sdp: &str,
+        held: Box<dyn Send>,
+    ) -> Result<CreatedSession, SfuError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (sfu, camera, offer_sdp) = (self.clone(), camera.to_owned(), offer_sdp.to_owned());
+        tokio::spawn(async move {
+            let created = sfu.set_up_session(&camera, tracks, kind, &offer_sdp, held).await;
+            if let Err(Ok(orphan)) = tx.send(created) {
+                tracing::debug!(session = %orphan.id, "WHEP client gone before its answer; ending the session");
+                let _ = sfu.delete_session(&camera, kind, &orphan.id).await;
+            }
+        });
+        rx.await.map_err(|_| SfuError::WebRtc("the session set-up task ended without an answer".into()))?
+    }
+
+    async fn set_up_session(
         &self,
         camera: &str,
         tracks: Arc<CameraTracks>,
@@ -388,8 +411,7 @@ async fn gone(mut state: watch::Receiver<RTCPeerConnectionState>, grace: Duratio
 
 /// Keyframe requests are passed on at most this often.
 /// A peer connection being set up: closed in the background, its port freed
-/// after, if its creation is abandoned (an error, or the WHEP request dropped
-/// because the client went away).
+/// after, if its set-up fails.
 struct CloseOnDrop {
     pc: Option<Arc<dyn PeerConnection>>,
     port: Option<ports::PortLease>,
@@ -408,7 +430,7 @@ impl Drop for CloseOnDrop {
         let Some(pc) = self.pc.take() else { return };
         let port = self.port.take();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            tracing::debug!("viewer session abandoned during set-up; closing its peer connection");
+            tracing::debug!("viewer session set-up failed; closing its peer connection");
             runtime.spawn(async move {
                 let _ = pc.close().await;
                 drop(port);

@@ -21,6 +21,10 @@ pub const CLIP_640X272: &str = "assets/demo/bikes-640x272.h264";
 pub const CLIP_1280X720: &str = "assets/demo/bikes-1280x720.h264";
 /// H.265 at 1280×720 (analysed like H.264; its raw track is not offered to WebRTC).
 pub const CLIP_H265: &str = "assets/demo/bikes-1280x720.h265";
+/// 4K: 3840×2160, 2 s loop, ~8 Mbit/s (hostile cameras).
+pub const CLIP_4K: &str = "assets/demo/bikes-3840x2160.h264";
+/// 2 s at 640×272 then 2 s at 1280×720: the picture size changes at an IDR, and back at the seam.
+pub const CLIP_SWITCH: &str = "assets/demo/bikes-switch-640x272-1280x720.h264";
 /// Not a file: a live MJPEG test pattern (320×240), for "unsupported codec".
 pub const MJPEG: &str = "mjpeg";
 
@@ -135,7 +139,24 @@ impl RtspServer {
         Self::start_with(0, mounts, Some(auth), true)
     }
 
+    /// As [`start`](Self::start) with more server arguments, e.g. hostile cameras:
+    /// `["--ts-jump", "/cam=3"]` (RTP timestamps jump by 2³¹ every 3 s) or
+    /// `["--huge-au", "/cam=3:40"]` (a 40 MiB access unit every 3 s); see tests/rtsp_server.py.
+    pub fn start_hostile(mounts: &[(&str, &str)], extra: &[&str]) -> RtspServer {
+        Self::start_full(0, mounts, None, false, extra)
+    }
+
     fn start_with(port: u16, mounts: &[(&str, &str)], auth: Option<(&str, &str)>, basic: bool) -> RtspServer {
+        Self::start_full(port, mounts, auth, basic, &[])
+    }
+
+    fn start_full(
+        port: u16,
+        mounts: &[(&str, &str)],
+        auth: Option<(&str, &str)>,
+        basic: bool,
+        extra: &[&str],
+    ) -> RtspServer {
         assert!(!mounts.is_empty(), "RtspServer needs at least one mount");
         let mut args = Vec::new();
         for (mount, clip) in mounts {
@@ -154,6 +175,7 @@ impl RtspServer {
                 args.push("--basic".to_owned());
             }
         }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let (child, port, stderr) = launch(port, &args);
         RtspServer { port, child, args, stderr }
     }
