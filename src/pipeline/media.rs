@@ -131,7 +131,8 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
                 let why = if refused { "the picture is over annotated_max_pixels" } else { "no viewers" };
                 tracing::info!(camera = %ctx.name, "annotated encoder stopped: {why}");
             }
-            let snapshot_waiting = pending_snapshots.iter().any(|r| r.track == TrackKind::Annotated);
+            let snapshot_waiting =
+                pending_snapshots.iter().any(|r| r.track == TrackKind::Annotated && !r.reply.is_closed());
             if !encoding && !snapshot_waiting {
                 continue;
             }
@@ -258,10 +259,13 @@ fn update_fps(ctx: &MediaContext, window: &mut (Instant, u32), frame: &VideoFram
     }
 }
 
+/// Hands `frame` to every waiter for `track`. A waiter that has gone (timed
+/// out, client hung up) is dropped without a copy of the frame.
 fn answer_snapshots(pending: &mut Vec<SnapshotRequest>, track: TrackKind, frame: &VideoFrame) {
+    pending.retain(|r| !r.reply.is_closed());
     let (now, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|r| r.track == track);
     *pending = later;
     for r in now {
-        let _ = r.reply.send(frame.clone()); // the requester may have timed out
+        let _ = r.reply.send(frame.clone()); // it may have gone since the check: nothing lost
     }
 }
