@@ -48,8 +48,12 @@ fn assert_untouched(app: &Infercast, camera: &str) {
     let cam = app.camera(camera);
     assert_eq!(cam["state"], "streaming", "{camera}: {cam:#}");
     assert_eq!(cam["reconnects"], 0, "{camera}: {cam:#}");
-    let fps = cam["fps"].as_f64().unwrap();
-    assert!((fps - 25.0).abs() <= 3.0, "{camera}: decoded fps {fps}");
+    // Decoded frames over 2 s (the API's one-second figure jumps after a scheduling stall).
+    let decoded = || app.metric(&format!("infercast_frames_decoded_total{{camera=\"{camera}\"}}"));
+    let (before, t) = (decoded(), std::time::Instant::now());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let fps = (decoded() - before) / t.elapsed().as_secs_f64();
+    assert!((20.0..=30.0).contains(&fps), "{camera}: decoded {fps:.1} fps over 2 s");
     assert!(labels(app, camera).len() >= 10, "{camera}: too few labels");
 }
 
