@@ -36,13 +36,6 @@ fn captured_at(label: &serde_json::Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(label["captured_at"].as_str().unwrap()).unwrap().with_timezone(&Utc)
 }
 
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A well-behaved camera beside the hostile ones: streaming at full rate, never reconnected.
 fn assert_untouched(app: &Infercast, camera: &str) {
     let cam = app.camera(camera);
@@ -264,19 +257,19 @@ fn a_huge_access_unit_is_dropped_and_counted_the_camera_reconnects_and_memory_st
     for name in ["huge", "calm"] {
         app.wait_for(&format!("/api/cameras/{name}"), Duration::from_secs(20), |c| c["state"] == "streaming");
     }
-    let baseline = rss_kib(app.pid());
+    let baseline = common::process::rss_kib(app.pid());
     let dropped = || app.metric("infercast_frames_dropped_total{camera=\"huge\",reason=\"access_unit_too_large\"}");
     let (mut peak, mut seen_error, mut rss_after_first) = (baseline, None, None);
     // Until two units were dropped and `reconnecting` was seen (~10 s), at most 25 s.
     let until = Instant::now() + Duration::from_secs(25);
     while Instant::now() < until && !(dropped() >= 2.0 && seen_error.is_some()) {
-        peak = peak.max(rss_kib(app.pid()));
+        peak = peak.max(common::process::rss_kib(app.pid()));
         let cam = app.camera("huge");
         if cam["state"] == "reconnecting" {
             seen_error = cam["last_error"].as_str().map(str::to_owned);
         }
         if rss_after_first.is_none() && dropped() >= 1.0 {
-            rss_after_first = Some(rss_kib(app.pid()));
+            rss_after_first = Some(common::process::rss_kib(app.pid()));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -287,7 +280,7 @@ fn a_huge_access_unit_is_dropped_and_counted_the_camera_reconnects_and_memory_st
     assert!(app.camera("huge")["reconnects"].as_u64().unwrap() >= 2);
     // Each 40 MiB unit costs at most retina's buffer and one copy, freed with its session:
     // no growth from one to the next.
-    let (first, end) = (rss_after_first.unwrap(), rss_kib(app.pid()));
+    let (first, end) = (rss_after_first.unwrap(), common::process::rss_kib(app.pid()));
     let rss = format!("VmRSS: baseline {baseline} KiB, peak {peak}, after the first drop {first}, at the end {end}");
     assert!(peak < baseline + 200 * 1024, "{rss}"); // measured: +85..+132 MiB
     assert!(end < first + 48 * 1024, "grew from one unit to the next: {rss}");

@@ -17,13 +17,6 @@ use common::whep_client::{self, Offer, Viewer};
 
 const CLIP: &str = "assets/demo/bikes-640x272.h264";
 
-/// VmRSS of process `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Opens a label stream and returns the connection (kept open) and its status.
 fn open_stream(base: &str) -> (std::net::TcpStream, u16) {
     let addr = base.trim_start_matches("http://");
@@ -95,7 +88,7 @@ fn sessions_streams_snapshots_and_bodies_are_bounded() {
     let decoded = || app.metric("infercast_frames_decoded_total{camera=\"door\"}");
     let before = decoded();
     let started = std::time::Instant::now();
-    let rss_before = rss_kib(app.pid());
+    let rss_before = common::process::rss_kib(app.pid());
     // 32 clients, 3 snapshots each, all at once.
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..32)
@@ -103,7 +96,7 @@ fn sessions_streams_snapshots_and_bodies_are_bounded() {
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
-    let rss_growth_kib = rss_kib(app.pid()).saturating_sub(rss_before);
+    let rss_growth_kib = common::process::rss_kib(app.pid()).saturating_sub(rss_before);
     assert!(rss_growth_kib < 64 * 1024, "RSS grew by {rss_growth_kib} KiB during the snapshot flood");
     assert!(statuses.contains(&200) && statuses.contains(&503), "{statuses:?}");
     assert!(statuses.iter().all(|s| [200, 503].contains(s)), "{statuses:?}");

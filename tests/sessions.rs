@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::netns;
+use common::process::{open_fds, udp_sockets};
 use common::rtsp::RtspServer;
 use common::service::Infercast;
 use common::whep_client::{self, Offer, Viewer};
@@ -31,24 +32,6 @@ fn start(server: &RtspServer, test: &str, extra: &str) -> Infercast {
     let app = Infercast::start(&["--config", config.to_str().unwrap()]);
     app.wait_for("/api/cameras/door", Duration::from_secs(20), |c| c["state"] == "streaming");
     app
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
-
-/// UDP sockets the process holds: its socket fds whose inode is in its /proc/net/udp.
-fn udp_sockets(pid: u32) -> usize {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/udp")).unwrap();
-    let inodes: std::collections::HashSet<String> =
-        table.lines().skip(1).filter_map(|l| l.split_whitespace().nth(9).map(str::to_owned)).collect();
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
-        .filter(|inode| inodes.contains(inode))
-        .count()
 }
 
 fn sessions_open(app: &Infercast) -> f64 {

@@ -285,10 +285,6 @@ fn pli_gets_a_keyframe_on_both_tracks() {
     rt.block_on(viewer.close());
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
-
 #[test]
 fn hundred_rapid_create_delete_cycles_leave_nothing_behind() {
     if !netns::isolated("hundred_rapid_create_delete_cycles_leave_nothing_behind") {
@@ -313,7 +309,7 @@ fn hundred_rapid_create_delete_cycles_leave_nothing_behind() {
         cycle();
     }
     std::thread::sleep(Duration::from_secs(1));
-    let fds_before = open_fds(app.pid());
+    let fds_before = common::process::open_fds(app.pid());
     let frames_before = watcher.packets().iter().filter(|p| p.marker).count();
     let started = std::time::Instant::now();
     for _ in 0..100 {
@@ -331,13 +327,13 @@ fn hundred_rapid_create_delete_cycles_leave_nothing_behind() {
     let ended = app.metric("infercast_webrtc_sessions_ended_total{camera=\"door\",track=\"raw\"}");
     assert_eq!((created, ended), (104.0, 103.0));
     // Sockets close when the connections' drivers finish: allow them a moment.
-    let mut fds_after = open_fds(app.pid());
+    let mut fds_after = common::process::open_fds(app.pid());
     for _ in 0..50 {
         if fds_after <= fds_before {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
-        fds_after = open_fds(app.pid());
+        fds_after = common::process::open_fds(app.pid());
     }
     assert!(fds_after <= fds_before, "open fds {fds_before} before the churn, {fds_after} after");
     eprintln!("100 create/delete cycles in {churn:?}; fds {fds_before} → {fds_after}");

@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod depay;
 pub mod netns;
+pub mod process;
 pub mod rtsp;
 pub mod service;
 pub mod whep_client;
