@@ -11,10 +11,11 @@ use tokio::sync::broadcast;
 use crate::infer::ClassScore;
 
 /// One classification of one camera frame, as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Label {
     pub camera: String,
     /// Top-1 class name.
+    #[schema(value_type = String)]
     pub label: Arc<str>,
     pub class_id: u32,
     /// Top-1 softmax probability, `0.0..=1.0`.

@@ -52,6 +52,8 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Prints the OpenAPI 3.1 document of the HTTP API (what `GET /api/openapi.json` serves).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +107,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 role.as_str()
             )
             .map_err(|e| format!("cannot write the token: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Openapi) => {
+            writeln!(std::io::stdout().lock(), "{}", infercast::api::openapi::json())
+                .map_err(|e| format!("cannot write the document: {e}"))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Classify { photos, model, threads }) => {

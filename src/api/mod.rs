@@ -5,6 +5,7 @@
 mod error;
 pub mod limits;
 pub mod listener;
+pub mod openapi;
 pub mod server;
 mod snapshot;
 pub mod tls;
@@ -20,7 +21,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use futures::Stream;
@@ -28,8 +28,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use self::error::ApiError;
+pub use self::error::{ApiError, ErrorBody};
 use crate::auth::layer::{Guard, SESSION_COOKIE};
 use crate::auth::{self, Auth, Principal};
 use crate::hub::TrackKind;
@@ -74,29 +76,40 @@ pub fn router(state: AppState) -> Router {
         allowed_origins: state.allowed_origins.clone(),
         server_names: state.server_names.clone(),
     };
-    Router::new()
-        .route("/api/login", post(login))
-        .route("/api/logout", post(logout))
-        .route("/api/cameras", get(list_cameras))
-        .route("/api/cameras/{name}", get(get_camera))
-        .route("/api/cameras/{name}/snapshot.jpg", get(snapshot::snapshot))
-        .route("/api/labels", get(latest_labels))
-        .route("/api/labels/stream", get(label_stream))
-        .route("/api/labels/{camera}", get(label_history))
-        .route("/api", get(index))
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .merge(whep::routes())
-        .merge(viewer::routes())
+    Router::from(routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(guard, auth::layer::guard))
 }
 
+/// Every route with its OpenAPI description: routes are registered only
+/// here, through `routes!`, so none can exist undocumented.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(list_cameras))
+        .routes(routes!(get_camera))
+        .routes(routes!(snapshot::snapshot))
+        .routes(routes!(latest_labels))
+        .routes(routes!(label_stream))
+        .routes(routes!(label_history))
+        .routes(routes!(index))
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::document))
+        .merge(whep::routes())
+        .merge(viewer::routes())
+}
+
 /// `POST /api/login` with `Authorization: Bearer`: a session cookie (HttpOnly,
 /// SameSite=Strict, 12 h) for what cannot send the header (the page's
 /// EventSource). 204; 400 without a token.
+#[utoipa::path(post, path = "/api/login", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "Session cookie set (`Set-Cookie`, HttpOnly, SameSite=Strict)"),
+        (status = 400, description = "No bearer token sent", body = ErrorBody),
+        (status = 401, description = "Token not accepted", body = ErrorBody)))]
 async fn login(State(state): State<AppState>, Extension(who): Extension<Principal>) -> Response {
     if !state.auth.enabled() {
         return StatusCode::NO_CONTENT.into_response();
@@ -118,6 +131,8 @@ async fn login(State(state): State<AppState>, Extension(who): Extension<Principa
 }
 
 /// `POST /api/logout`: ends the session and clears its cookie. 204.
+#[utoipa::path(post, path = "/api/logout", tag = "auth",
+    responses((status = 204, description = "Session ended, cookie cleared")))]
 async fn logout(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
     let secure = if state.https { "; Secure" } else { "" };
     if let Some(id) = auth::layer::cookie(&headers, SESSION_COOKIE) {
@@ -132,10 +147,12 @@ async fn logout(State(state): State<AppState>, headers: header::HeaderMap) -> Re
 }
 
 /// A camera as `/api/cameras` shows it: status plus viewers per track.
-#[derive(Serialize)]
-struct CameraView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CameraView {
     #[serde(flatten)]
     status: CameraStatus,
+    /// Viewer sessions per track (`raw`, `annotated`).
+    #[schema(value_type = BTreeMap<String, usize>)]
     viewers: BTreeMap<&'static str, usize>,
 }
 
@@ -147,14 +164,22 @@ fn view(camera: &Camera) -> CameraView {
     CameraView { status: camera.status(), viewers }
 }
 
+#[utoipa::path(get, path = "/api/cameras", tag = "cameras", security(("bearer" = [])),
+    responses((status = 200, description = "Every camera the caller may see", body = [CameraView])))]
 async fn list_cameras(State(state): State<AppState>, Extension(who): Extension<Principal>) -> Json<Vec<CameraView>> {
     Json(state.cameras.values().filter(|c| who.may_see(&c.name)).map(|c| view(c)).collect())
 }
 
+#[utoipa::path(get, path = "/api/cameras/{name}", tag = "cameras", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Camera name")),
+    responses((status = 200, description = "The camera", body = CameraView),
+        (status = 404, description = "No such camera (`camera_not_found`)", body = ErrorBody)))]
 async fn get_camera(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<CameraView>, ApiError> {
     Ok(Json(view(state.camera(&name)?)))
 }
 
+#[utoipa::path(get, path = "/api/labels", tag = "labels", security(("bearer" = [])),
+    responses((status = 200, description = "The latest label of every camera the caller may see", body = [Label])))]
 async fn latest_labels(State(state): State<AppState>, Extension(who): Extension<Principal>) -> Json<Vec<Arc<Label>>> {
     Json(state.labels.latest_all().into_iter().filter(|l| who.may_see(&l.camera)).collect())
 }
@@ -167,6 +192,13 @@ struct HistoryQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/labels/{camera}", tag = "labels", security(("bearer" = [])),
+    params(("camera" = String, Path, description = "Camera name"),
+        ("since" = Option<String>, Query, description = "RFC 3339 time: only labels captured after it"),
+        ("limit" = Option<usize>, Query, description = "Most labels returned, newest kept (1..=1000, default 100)")),
+    responses((status = 200, description = "Labels, oldest first", body = [Label]),
+        (status = 400, description = "Bad `since` or `limit`", body = ErrorBody),
+        (status = 404, description = "No such camera", body = ErrorBody)))]
 async fn label_history(
     State(state): State<AppState>,
     Path(camera): Path<String>,
@@ -188,6 +220,10 @@ async fn label_history(
     Ok(Json(state.labels.history(&camera, since, limit)))
 }
 
+#[utoipa::path(get, path = "/api/labels/stream", tag = "labels", security(("bearer" = []), ("session_cookie" = [])),
+    responses((status = 200, description = "Server-Sent Events: one `label` event (JSON `Label`) per classification, \
+        a keep-alive comment every 15 s", content_type = "text/event-stream", body = String),
+        (status = 503, description = "`[limits] sse_streams` reached (`Retry-After`)", body = ErrorBody)))]
 async fn label_stream(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -210,21 +246,29 @@ async fn label_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = serde_json::Value)))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
 /// `GET /api`: what this server offers.
+#[utoipa::path(get, path = "/api", tag = "service", security(("bearer" = [])),
+    responses((status = 200, description = "Name, version, the caller's cameras and every endpoint (from this document)",
+        body = serde_json::Value)))]
 async fn index(State(state): State<AppState>, Extension(who): Extension<Principal>) -> Json<serde_json::Value> {
     Json(json!({
         "name": "infercast",
         "version": env!("CARGO_PKG_VERSION"),
         "cameras": state.cameras.keys().filter(|c| who.may_see(c)).collect::<Vec<_>>(),
-        "endpoints": [
-            "GET /api/cameras", "GET /api/cameras/{name}", "GET /api/cameras/{name}/snapshot.jpg[?track=raw]",
-            "GET /api/labels", "GET /api/labels/{camera}?since=&limit=", "GET /api/labels/stream (SSE)",
-            "POST /whep/{camera}/{raw|annotated} (WHEP)", "GET /api/webrtc", "GET / (viewer page)",
-            "GET /healthz", "GET /readyz", "GET /metrics", "POST /api/login", "POST /api/logout"
-        ]
+        "openapi": "/api/openapi.json",
+        "endpoints": openapi::endpoints(),
     }))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "service",
+    responses((status = 200, description = "Ready: camera counts by state", body = serde_json::Value)))]
 async fn ready(State(state): State<AppState>) -> Response {
     let states: Vec<CameraState> = state.cameras.values().map(|c| c.status().state).collect();
     let streaming = states.iter().filter(|&&s| s == CameraState::Streaming).count();
@@ -238,6 +282,10 @@ async fn ready(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "service", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format; needs the admin role or a loopback client",
+        content_type = "text/plain", body = String),
+        (status = 403, description = "Not admin", body = ErrorBody)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -10,11 +10,20 @@ use crate::hub::TrackKind;
 use crate::media::{VideoFrame, yuv_to_rgb};
 use crate::pipeline::SnapshotError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SnapshotQuery {
+    /// `raw` for the plain picture; default the annotated one (with the label).
     track: Option<String>,
 }
 
+/// `GET /api/cameras/{name}/snapshot.jpg`: the next decoded picture as JPEG.
+#[utoipa::path(get, path = "/api/cameras/{name}/snapshot.jpg", tag = "cameras", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Camera name"), SnapshotQuery),
+    responses((status = 200, description = "JPEG, quality 85", content_type = "image/jpeg", body = Vec<u8>),
+        (status = 404, description = "No such camera", body = super::ErrorBody),
+        (status = 503, description = "Camera not streaming, or `snapshots_in_flight_per_camera` reached", body = super::ErrorBody),
+        (status = 504, description = "No picture in time", body = super::ErrorBody)))]
 pub async fn snapshot(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -2,12 +2,13 @@
 //! `assets/viewer/` so the program runs from any directory, and the WebRTC
 //! settings the page needs (`GET /api/webrtc`).
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 
@@ -24,11 +25,23 @@ const ASSETS: &[(&str, &str, &str)] = &[
 ];
 
 /// The page routes (merged into the API router).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(|| async { asset("index.html") }))
-        .route("/viewer/{file}", get(|Path(file): Path<String>| async move { asset(&file) }))
-        .route("/api/webrtc", get(webrtc_settings))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(page)).routes(routes!(page_file)).routes(routes!(webrtc_settings))
+}
+
+/// `GET /`: the viewer page (no camera data; it logs in when [auth] asks).
+#[utoipa::path(get, path = "/", tag = "page",
+    responses((status = 200, description = "The viewer page", content_type = "text/html", body = String)))]
+async fn page() -> Response {
+    asset("index.html")
+}
+
+/// `GET /viewer/{file}`: the page's scripts and style sheet.
+#[utoipa::path(get, path = "/viewer/{file}", tag = "page",
+    params(("file" = String, Path, description = "e.g. `app.js`, `style.css`")),
+    responses((status = 200, description = "The file"), (status = 404, description = "No such file", body = super::ErrorBody)))]
+async fn page_file(Path(file): Path<String>) -> Response {
+    asset(&file)
 }
 
 fn asset(name: &str) -> Response {
@@ -47,6 +60,8 @@ fn asset(name: &str) -> Response {
 
 /// `GET /api/webrtc`: `{"ice_servers": [{"urls": [...], "username"?, "credential"?}]}`,
 /// ready for `new RTCPeerConnection({iceServers})`.
+#[utoipa::path(get, path = "/api/webrtc", tag = "whep", security(("bearer" = [])),
+    responses((status = 200, description = "`{\"ice_servers\": [{\"urls\", \"username\"?, \"credential\"?}]}`", body = serde_json::Value)))]
 async fn webrtc_settings(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({ "ice_servers": *state.ice_servers }))
 }

@@ -4,26 +4,26 @@
 //! origins is the auth guard's). The configured STUN/TURN
 //! servers go out as `Link: rel="ice-server"` headers with each answer.
 
-use axum::Router;
 use axum::body::Bytes;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::hub::TrackKind;
 use crate::sfu::SfuError;
 
 const SDP: &str = "application/sdp";
 
 /// The WHEP routes (merged into the API router).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/whep/{camera}/{track}", post(create).options(preflight))
-        .route("/whep/{camera}/{track}/{session}", axum::routing::delete(delete).options(preflight))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, preflight))
+        .routes(routes!(delete, preflight_session))
         .layer(axum::extract::DefaultBodyLimit::max(super::limits::WHEP_BODY_BYTES))
 }
 
@@ -46,12 +46,38 @@ fn sfu_error(e: SfuError) -> ApiError {
 
 /// `OPTIONS`: what the endpoint accepts (CORS headers, for allowed origins
 /// only, come from the auth guard).
+#[utoipa::path(options, path = "/whep/{camera}/{track}", tag = "whep",
+    params(("camera" = String, Path, description = "Camera name"), ("track" = String, Path, description = "`raw` or `annotated`")),
+    responses((status = 204, description = "`Accept-Post: application/sdp`; CORS headers for allowed origins")))]
 async fn preflight() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut().insert("accept-post", HeaderValue::from_static(SDP));
     r
 }
 
+/// `OPTIONS` on a session: CORS preflight for its `DELETE`.
+#[utoipa::path(options, path = "/whep/{camera}/{track}/{session}", tag = "whep",
+    params(("camera" = String, Path, description = "Camera name"), ("track" = String, Path, description = "`raw` or `annotated`"),
+        ("session" = String, Path, description = "Session id from the `Location` of the 201")),
+    responses((status = 204, description = "CORS headers for allowed origins")))]
+async fn preflight_session() -> Response {
+    preflight().await
+}
+
+/// `POST` an SDP offer: a viewer session sending the track.
+#[utoipa::path(post, path = "/whep/{camera}/{track}", tag = "whep", security(("bearer" = [])),
+    params(("camera" = String, Path, description = "Camera name"), ("track" = String, Path, description = "`raw` or `annotated`")),
+    request_body(content = String, content_type = "application/sdp", description = "SDP offer with H.264 video (≤ 64 KiB, ≤ 16 media sections, ≤ 256 formats)"),
+    responses(
+        (status = 201, description = "SDP answer with every candidate; `Location` (the session, for DELETE), `ETag`, \
+            `Link: <…>; rel=\"ice-server\"` for each configured STUN/TURN server", content_type = "application/sdp", body = String),
+        (status = 400, description = "Not SDP, or malformed", body = ErrorBody),
+        (status = 404, description = "No such camera or track", body = ErrorBody),
+        (status = 406, description = "No H.264 in packetization-mode 1 offered, or the camera's raw codec cannot be forwarded (H.265)", body = ErrorBody),
+        (status = 409, description = "The annotated track is unavailable (`annotated_unavailable`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB"),
+        (status = 429, description = "`[limits] whep_sessions_per_ip` reached (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`whep_sessions` or `whep_sessions_per_camera` reached (`Retry-After`)", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Path((camera, track)): Path<(String, String)>,
@@ -148,6 +174,11 @@ fn ice_server_links(servers: &[crate::config::IceServer]) -> Vec<HeaderValue> {
     links
 }
 
+/// `DELETE` the session's resource: ends it.
+#[utoipa::path(delete, path = "/whep/{camera}/{track}/{session}", tag = "whep", security(("bearer" = [])),
+    params(("camera" = String, Path, description = "Camera name"), ("track" = String, Path, description = "`raw` or `annotated`"),
+        ("session" = String, Path, description = "Session id from the `Location` of the 201")),
+    responses((status = 200, description = "Session ended"), (status = 404, description = "No such session", body = ErrorBody)))]
 async fn delete(
     State(state): State<AppState>,
     Path((camera, track, session)): Path<(String, String, String)>,

@@ -24,7 +24,7 @@ use self::decode::DecodeStats;
 use crate::media::{AccessUnit, VideoCodec, VideoFrame};
 
 /// Which library decodes a camera's stream (`decoder` in the camera config).
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DecoderKind {
     /// FFmpeg's libavcodec (the system library): H.264 of every profile

@@ -39,8 +39,9 @@ impl Labels {
 }
 
 /// One class with its softmax probability.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ClassScore {
+    #[schema(value_type = String)]
     pub label: Arc<str>,
     pub class_id: u32,
     /// Softmax probability in `0.0..=1.0`.

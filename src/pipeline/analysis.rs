@@ -8,7 +8,7 @@ pub use crate::config::AnalysisPolicy;
 use crate::media::AccessUnit;
 
 /// What the media thread does in the current GOP (shown in `/api/cameras`).
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AnalysisMode {
     /// Every access unit is decoded.

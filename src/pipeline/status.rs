@@ -7,7 +7,7 @@ use super::analysis::AnalysisMode;
 use crate::codec::DecoderKind;
 
 /// Supervisor state of one camera.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CameraState {
     /// Connecting for the first time or after a reset.
@@ -35,7 +35,7 @@ impl CameraState {
 }
 
 /// A camera's public status. Holds no credentials: `url` is redacted.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CameraStatus {
     pub name: String,
     pub url: String,
