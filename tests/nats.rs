@@ -293,8 +293,9 @@ fn an_outage_is_ridden_out_by_the_buffer_and_a_tiny_buffer_drops_the_oldest() {
     assert!(!lost.is_empty());
     // The dropped ones form one run (the outage), and the five after them were kept.
     assert_eq!(lost.last().unwrap() - lost[0] + 1, lost.len(), "dropped labels are consecutive: {lost:?}");
-    for i in lost.last().unwrap() + 1..(lost.last().unwrap() + 6).min(api_tiny.len()) {
-        assert!(tiny_stored.contains_key(&api_tiny[i].to_string()), "newest buffered label {i} kept");
+    let last_lost = *lost.last().unwrap();
+    for (i, kept) in api_tiny.iter().enumerate().skip(last_lost + 1).take(5) {
+        assert!(tiny_stored.contains_key(&kept.to_string()), "newest buffered label {i} kept");
     }
 }
 
