@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::Auth;
+use crate::bus::Bus;
 use crate::config::{CameraConfig, Config};
 use crate::hub::Hub;
 use crate::infer::InferenceWorker;
@@ -90,12 +91,23 @@ pub async fn serve(
             .await
             .map_err(|e| AppError::Config(format!("classifier start-up panicked: {e}")))??
     };
+    let metrics = Arc::new(Metrics::new());
+    // `[nats]`: the publisher connects in the background; start-up never waits for it.
+    let (bus, bus_task) = match &config.nats {
+        None => (None, None),
+        Some(nats) => {
+            let auth = nats.read_auth().map_err(AppError::Config)?;
+            let (bus, task) = Bus::start(nats.clone(), auth, metrics.registry(), cancel.child_token());
+            (Some(bus), Some(task))
+        }
+    };
     let services = Services {
         hub: Arc::new(Hub::default()),
-        labels: Arc::new(LabelStore::new(config.label_history)),
+        labels: Arc::new(LabelStore::with_bus(config.label_history, bus.clone())),
         classifier,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         rtsp: config.rtsp.clone(),
+        bus,
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -152,5 +164,9 @@ pub async fn serve(
     cancel.cancelled().await;
     sfu.close_all().await;
     let _ = server.await;
+    if let Some(task) = bus_task {
+        // Its last flush is bounded (0.5 s); this is a second guard.
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     Ok(())
 }

@@ -32,6 +32,10 @@ pub struct Config {
     /// or file change). Absent: plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::api::tls::TlsConfig>,
+    /// `[nats]`: publish labels and camera events to NATS JetStream. Absent:
+    /// no NATS at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<crate::bus::NatsConfig>,
     /// `[[camera]]` tables; empty means the built-in demo camera.
     #[serde(rename = "camera")]
     pub cameras: Vec<CameraConfig>,
@@ -49,6 +53,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             limits: LimitsConfig::default(),
             tls: None,
+            nats: None,
             cameras: Vec::new(),
         }
     }
@@ -455,6 +460,9 @@ impl Config {
         if let Some(auth) = &self.auth {
             auth.validate()?;
         }
+        if let Some(nats) = &self.nats {
+            nats.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for cam in &self.cameras {
             let valid_name = !cam.name.is_empty()
@@ -630,6 +638,19 @@ mod tests {
             let err = Config::parse(text).expect("parses").validate().expect_err(text);
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn nats_section_is_optional_checked_and_strict() {
+        assert!(Config::parse("").expect("parses").nats.is_none(), "absent: no NATS");
+        let c = Config::parse("[nats]\nurls = [\"nats://127.0.0.1:4222\"]\nbuffer_len = 50\n").expect("parses");
+        c.validate().expect("valid");
+        let nats = c.nats.expect("present");
+        assert_eq!((nats.stream.as_str(), nats.replicas, nats.buffer_len), ("LABELS", 1, 50));
+        let err = Config::parse("[nats]\nurls = [\"h\"]\nstrem = \"X\"\n").expect_err("typo");
+        assert!(err.contains("unknown field `strem`"), "{err}");
+        let bad = Config::parse("[nats]\nurls = [\"h\"]\nreplicas = 9\n").expect("parses");
+        assert!(bad.validate().expect_err("9 replicas").contains("nats.replicas = 9 is out of range 1..=5"));
     }
 
     #[test]

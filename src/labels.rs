@@ -35,12 +35,20 @@ pub struct LabelStore {
     history_len: usize,
     by_camera: RwLock<HashMap<String, VecDeque<Arc<Label>>>>,
     tx: broadcast::Sender<Arc<Label>>,
+    /// `[nats]`: every label is also queued for JetStream (never lossy by
+    /// lag, unlike the broadcast; bounded, oldest dropped and counted).
+    bus: Option<crate::bus::Bus>,
 }
 
 impl LabelStore {
     /// Keeps at most `history_len` (≥ 1) labels per camera.
     pub fn new(history_len: usize) -> LabelStore {
-        LabelStore { history_len: history_len.max(1), by_camera: RwLock::default(), tx: broadcast::channel(256).0 }
+        LabelStore::with_bus(history_len, None)
+    }
+
+    /// Like [`LabelStore::new`], also queueing every label on `bus`.
+    pub fn with_bus(history_len: usize, bus: Option<crate::bus::Bus>) -> LabelStore {
+        LabelStore { history_len: history_len.max(1), by_camera: RwLock::default(), tx: broadcast::channel(256).0, bus }
     }
 
     /// Records a label and tells live subscribers. A camera's `captured_at`
@@ -61,6 +69,9 @@ impl LabelStore {
                 ring.pop_front();
             }
             ring.push_back(label.clone());
+            if let Some(bus) = &self.bus {
+                bus.label(&label);
+            }
             let _ = self.tx.send(label); // no subscribers is fine
         }
     }

@@ -48,6 +48,8 @@ pub struct Services {
     pub classifier: InferenceWorker,
     pub metrics: Arc<Metrics>,
     pub rtsp: RtspConfig,
+    /// `[nats]`: where camera state changes are published (labels go through `labels`).
+    pub bus: Option<crate::bus::Bus>,
 }
 
 /// Why a snapshot could not be taken.
@@ -73,7 +75,11 @@ impl Camera {
         let name = config.name.clone();
         let url = CameraUrl::parse(&config.url);
         let shown_url = url.as_ref().map(|u| u.redacted()).unwrap_or_else(|_| "(invalid URL)".into());
-        let status = Arc::new(RwLock::new(CameraStatus::new(&name, &shown_url, config.classify_fps, config.decoder)));
+        let mut status = CameraStatus::new(&name, &shown_url, config.classify_fps, config.decoder);
+        if let Some(bus) = &services.bus {
+            status.attach_bus(bus.clone());
+        }
+        let status = Arc::new(RwLock::new(status));
         let tracks = services.hub.camera(&name);
         let queue = Arc::new(FrameQueue::new(QUEUE_LEN));
         let (snap_tx, snap_rx) = std::sync::mpsc::channel();

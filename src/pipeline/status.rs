@@ -66,6 +66,9 @@ pub struct CameraStatus {
     /// `annotated_max_pixels` after `annotated_scale`, and what to change);
     /// `null` when it can. WHEP requests for it get 409.
     pub annotated_unavailable: Option<String>,
+    /// `[nats]`: state changes are also published on `events.<camera>`.
+    #[serde(skip)]
+    pub(crate) bus: Option<crate::bus::Bus>,
 }
 
 impl CameraStatus {
@@ -88,11 +91,35 @@ impl CameraStatus {
             keyframe_rate_hz: None,
             decoder,
             annotated_unavailable: None,
+            bus: None,
+        }
+    }
+
+    /// Publishes every later state change on `bus`, starting with the current state.
+    pub(crate) fn attach_bus(&mut self, bus: crate::bus::Bus) {
+        self.bus = Some(bus);
+        self.publish_state();
+    }
+
+    fn publish_state(&self) {
+        if let Some(bus) = &self.bus {
+            bus.camera_event(&crate::bus::CameraEvent {
+                camera: &self.name,
+                state: self.state,
+                reason: match self.state {
+                    CameraState::Streaming | CameraState::Stopped => None,
+                    _ => self.last_error.as_deref(),
+                },
+                at: Utc::now(),
+            });
         }
     }
 
     /// Moves to `state`, keeping `state_since` when the state is unchanged.
+    /// With `[nats]`, a new state (or a new reason for a failing one) is
+    /// queued for `events.<camera>` (never blocks).
     pub fn set_state(&mut self, state: CameraState, error: Option<String>) {
+        let changed = self.state != state || (error.is_some() && error != self.last_error);
         if self.state != state {
             self.state = state;
             self.state_since = Utc::now();
@@ -102,6 +129,9 @@ impl CameraStatus {
         }
         if !state.is_receiving() {
             self.fps = None;
+        }
+        if changed {
+            self.publish_state();
         }
     }
 }
