@@ -51,8 +51,10 @@ pub struct Flapper {
 impl Flapper {
     pub fn start(mut server: RtspServer, every: Duration, stop: Arc<AtomicBool>) -> Flapper {
         let handle = std::thread::spawn(move || {
+            let start = Instant::now();
             let mut flaps = 0u64;
-            while sleep_unless(&stop, every) {
+            // Flap n begins at n × `every` from the start, whatever the previous one took.
+            while sleep_unless(&stop, (start + every * (flaps as u32 + 1)).saturating_duration_since(Instant::now())) {
                 flaps += 1;
                 if flaps % 2 == 1 {
                     server.kill();

@@ -170,7 +170,7 @@ fn run(args: &Args) -> ExitCode {
     let cams = watch.finish();
     std::thread::sleep(Duration::from_secs(3)); // sessions and ports released after the last DELETE
     let idle_after = probe::sample(pid, &base);
-    let log = app.log();
+    let log = report::strip_ansi(&app.log());
     let shutdown = app.terminate();
     drop(flapping);
     drop(steady);

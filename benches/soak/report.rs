@@ -205,15 +205,51 @@ impl Verdict<'_> {
         println!("\n## infercast log ({}): {} warnings, {errors} errors", self.args.log, bad.len() - errors);
         let mut kinds: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
         for l in &bad {
-            // Group by the message without the timestamp and the variable fields after it.
-            let msg = l.split_once(" WARN ").or_else(|| l.split_once(" ERROR ")).map_or(*l, |(_, m)| m);
-            let key: String = msg.split([':', '=']).next().unwrap_or(msg).chars().take(90).collect();
-            *kinds.entry(key).or_default() += 1;
+            *kinds.entry(message_kind(l)).or_default() += 1;
         }
+        let mut kinds: Vec<(String, usize)> = kinds.into_iter().collect();
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
         for (k, n) in kinds.iter().take(15) {
-            println!("  {n:>5} × {k}");
+            println!("  {n:>6} × {k}");
         }
     }
+}
+
+/// A log line without its timestamp, numbers as `N`, at most 100 characters: lines of one kind group together.
+fn message_kind(line: &str) -> String {
+    let msg = line.split_once(' ').map_or(line, |(_, rest)| rest).trim_start();
+    let mut out = String::new();
+    for c in msg.chars() {
+        if c.is_ascii_digit() {
+            if !out.ends_with('N') {
+                out.push('N');
+            }
+        } else {
+            out.push(c);
+        }
+        if out.len() >= 100 {
+            break;
+        }
+    }
+    out
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn opt(v: Option<u64>) -> String {
