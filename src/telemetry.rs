@@ -203,3 +203,20 @@ impl CameraMetrics {
         self.stages[stage as usize].observe(ms / 1e3);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn render_reports_the_runtime_tasks_alive() {
+        let _task = tokio::spawn(std::future::pending::<()>());
+        let text = Metrics::new().render();
+        let alive: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("infercast_runtime_tasks_alive "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the gauge is rendered");
+        assert!(alive >= 1, "{text}");
+    }
+}
