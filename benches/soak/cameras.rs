@@ -4,8 +4,8 @@
 //! camera left `streaming` for.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -43,18 +43,24 @@ pub fn wait_all_streaming(base: &str, names: &[String], within: Duration) -> boo
     }
 }
 
-/// Flaps one camera's RTSP server every `every` until stopped.
+/// Flaps one camera's RTSP server every `every` until stopped. The server is shared with
+/// the flapping thread, so that dropping the `Flapper` (a panic in the soak) still kills it.
 pub struct Flapper {
-    handle: JoinHandle<(RtspServer, u64)>,
+    server: Arc<Mutex<Option<RtspServer>>>,
+    handle: Option<JoinHandle<u64>>,
 }
 
 impl Flapper {
-    pub fn start(mut server: RtspServer, every: Duration, stop: Arc<AtomicBool>) -> Flapper {
+    pub fn start(server: RtspServer, every: Duration, stop: Arc<AtomicBool>) -> Flapper {
+        let server = Arc::new(Mutex::new(Some(server)));
+        let shared = server.clone();
         let handle = std::thread::spawn(move || {
             let start = Instant::now();
             let mut flaps = 0u64;
             // Flap n begins at n × `every` from the start, whatever the previous one took.
             while sleep_unless(&stop, (start + every * (flaps as u32 + 1)).saturating_duration_since(Instant::now())) {
+                let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(server) = guard.as_mut() else { break };
                 flaps += 1;
                 if flaps % 2 == 1 {
                     server.kill();
@@ -66,14 +72,22 @@ impl Flapper {
                     server.thaw();
                 }
             }
-            (server, flaps)
+            flaps
         });
-        Flapper { handle }
+        Flapper { server, handle: Some(handle) }
     }
 
-    /// Waits for the flap in progress to end; the server is up (and thawed) again.
-    pub fn finish(self) -> Option<(RtspServer, u64)> {
-        self.handle.join().ok()
+    /// Waits for the flap in progress to end (the server is up and thawed again); the
+    /// server (None if a restart failed) and the number of flaps.
+    pub fn finish(mut self) -> (Option<RtspServer>, u64) {
+        let flaps = self.handle.take().and_then(|h| h.join().ok()).unwrap_or(0);
+        (self.server.lock().unwrap_or_else(|p| p.into_inner()).take(), flaps)
+    }
+}
+
+impl Drop for Flapper {
+    fn drop(&mut self) {
+        drop(self.server.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 

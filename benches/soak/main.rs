@@ -165,7 +165,7 @@ fn run(args: &Args) -> ExitCode {
 
     let pool_summary = pool.finish(VIEWERS_LINGER + Duration::from_secs(30));
     stop.store(true, Ordering::SeqCst);
-    let (flapping, flaps) = flapper.finish().map_or((None, 0), |(s, n)| (Some(s), n));
+    let (flapping, flaps) = flapper.finish();
     let recovered = cameras::wait_all_streaming(&base, &names, Duration::from_secs(30));
     let cams = watch.finish();
     std::thread::sleep(Duration::from_secs(3)); // sessions and ports released after the last DELETE
