@@ -2,7 +2,7 @@
 //! registry with per-camera handles.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -58,6 +58,8 @@ pub struct Metrics {
     stage_seconds: HistogramVec,
     capture_to_label_seconds: HistogramVec,
     capture_to_encoded_seconds: HistogramVec,
+    /// Tokio tasks alive, read from the runtime when `/metrics` renders (a leak shows as growth).
+    tasks_alive: IntGauge,
 }
 
 /// Stage-latency buckets, seconds: 0.5 ms … 1 s.
@@ -138,6 +140,12 @@ impl Metrics {
                 cam,
                 LATENCY_BUCKETS,
             ),
+            tasks_alive: {
+                let g = IntGauge::new("runtime_tasks_alive", "Tokio tasks alive (sampled when /metrics renders)")
+                    .expect("metric name is a valid constant");
+                r.register(Box::new(g.clone())).expect("each metric is registered once");
+                g
+            },
             registry: r,
         }
     }
@@ -169,6 +177,9 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.tasks_alive.set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "cannot encode metrics");
@@ -204,5 +215,22 @@ impl CameraMetrics {
     /// Records `ms` milliseconds spent in `stage`.
     pub fn stage(&self, stage: Stage, ms: f64) {
         self.stages[stage as usize].observe(ms / 1e3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn render_reports_the_runtime_tasks_alive() {
+        let _task = tokio::spawn(std::future::pending::<()>());
+        let text = Metrics::new().render();
+        let alive: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("infercast_runtime_tasks_alive "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the gauge is rendered");
+        assert!(alive >= 1, "{text}");
     }
 }
