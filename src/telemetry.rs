@@ -7,9 +7,13 @@ use prometheus::{
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG` (e.g. `infercast=debug`) overrides
-/// `default_level`. Safe to call once; later calls are ignored.
+/// `default_level` (and the two quietened WebRTC modules). Safe to call once; later calls are ignored.
 pub fn init_logging(default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Two warnings of the WebRTC stack come with every viewer session and mean
+    // nothing here (DTLS has no server name to check: the SDP fingerprint pins
+    // the peer; ICE pings before the viewer's candidates arrive): errors only.
+    let default = format!("{default_level},rtc_dtls::config=error,rtc_ice::agent=error");
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
