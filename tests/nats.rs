@@ -154,13 +154,9 @@ fn start(dir: &Path, nats_url: &str, extra: &str, cameras: &[(&str, String)], en
     Infercast::start_with_env(&["--listen", "127.0.0.1:0", "--config", path.to_str().unwrap()], env)
 }
 
-/// Polls `cond` every 100 ms for at most `within`; panics with `what` on timeout.
-fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {within:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// [`common::wait_until`] that panics with `what` on timeout.
+fn wait_until(within: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(common::wait_until(within, cond).is_some(), "timed out after {within:?}: {what}");
 }
 
 fn history(app: &Infercast, camera: &str) -> Vec<Value> {

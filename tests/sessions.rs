@@ -16,6 +16,7 @@ use common::netns;
 use common::process::{open_fds, udp_sockets};
 use common::rtsp::RtspServer;
 use common::service::Infercast;
+use common::wait_until;
 use common::whep_client::{self, Offer, Viewer};
 
 const CLIP: &str = "assets/demo/bikes-640x272.h264";
@@ -36,18 +37,6 @@ fn start(server: &RtspServer, test: &str, extra: &str) -> Infercast {
 
 fn sessions_open(app: &Infercast) -> f64 {
     app.metric("infercast_webrtc_viewers{camera=\"door\",track=\"raw\"}")
-}
-
-/// Polls `probe` every 100 ms until it holds, at most `within`; how long it took.
-fn wait_until(within: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if probe() {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
 }
 
 #[test]

@@ -33,17 +33,6 @@ fn served_by(base: &str, ca: &Path, token: &str) -> bool {
     code == 0 && out.ends_with("200")
 }
 
-fn wait_until(within: Duration, mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if probe() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
 #[test]
 fn https_with_reload() {
     let dir = common::scratch_dir("tls");
@@ -108,7 +97,7 @@ fn https_with_reload() {
     std::fs::copy(&second.key, &key_path).unwrap();
     std::fs::copy(&second.cert, &cert_path).unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || served_by(&app.base, &second.ca, &token)),
+        common::wait_until(Duration::from_secs(10), || served_by(&app.base, &second.ca, &token)).is_some(),
         "the replaced certificate is served after a file change; log:\n{}",
         app.log()
     );
@@ -116,7 +105,9 @@ fn https_with_reload() {
 
     // A key that does not fit the certificate: refused, the working pair stays.
     std::fs::copy(common::certs::issue(&dir, "mismatch").key, &key_path).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || app.log().contains("TLS certificate not reloaded")));
+    assert!(
+        common::wait_until(Duration::from_secs(10), || app.log().contains("TLS certificate not reloaded")).is_some()
+    );
     assert!(served_by(&app.base, &second.ca, &token), "the working certificate stays");
 
     // SIGHUP reloads on demand.
@@ -126,7 +117,7 @@ fn https_with_reload() {
     let status = Command::new("kill").args(["-HUP", &app.pid().to_string()]).status().unwrap();
     assert!(status.success());
     assert!(
-        wait_until(Duration::from_secs(5), || app.log().contains("trigger=\"SIGHUP\"")),
+        common::wait_until(Duration::from_secs(5), || app.log().contains("trigger=\"SIGHUP\"")).is_some(),
         "a reload on SIGHUP is logged; log:\n{}",
         app.log()
     );

@@ -3,9 +3,10 @@
 //! from `/api/cameras`; CPU over an interval; and the re-run inside a network
 //! namespace of its own (loopback only).
 
-use std::collections::HashSet;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
+
+use super::common::process;
 
 /// Set in the re-run child, so it never re-runs itself again.
 const MARKER: &str = "INFERCAST_SOAK_NETNS";
@@ -23,38 +24,6 @@ pub struct Sample {
     pub cameras: Vec<(String, String)>,
     /// Sessions the server counts, raw + annotated, over all cameras.
     pub server_viewers: u64,
-}
-
-fn status_field(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Socket inodes of the UDP sockets in the process's network namespace (IPv4 and IPv6).
-fn udp_inodes(pid: u32) -> HashSet<u64> {
-    let mut out = HashSet::new();
-    for table in ["udp", "udp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
-        out.extend(text.lines().skip(1).filter_map(|l| l.split_whitespace().nth(9)?.parse::<u64>().ok()));
-    }
-    out
-}
-
-/// (open fds, of which UDP sockets).
-fn fds(pid: u32) -> (u64, u64) {
-    let udp = udp_inodes(pid);
-    let (mut all, mut sockets) = (0, 0);
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
-        all += 1;
-        let target = std::fs::read_link(entry.path()).unwrap_or_default();
-        let inode = target.to_str().and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok());
-        sockets += u64::from(inode.is_some_and(|i| udp.contains(&i)));
-    }
-    (all, sockets)
 }
 
 /// `GET {base}{path}` as text; None on any failure (the soak keeps going and says so).
@@ -89,13 +58,13 @@ fn tasks(base: &str) -> Option<u64> {
 }
 
 pub fn sample(pid: u32, base: &str) -> Sample {
-    let (fds, udp_sockets) = fds(pid);
+    let (fds, udp_sockets) = process::fd_counts(pid).unwrap_or_default();
     let cams = cameras(base).unwrap_or_default();
     Sample {
-        rss_kb: status_field(pid, "VmRSS"),
-        threads: status_field(pid, "Threads"),
-        fds,
-        udp_sockets,
+        rss_kb: process::status_value(pid, "VmRSS").unwrap_or(0),
+        threads: process::status_value(pid, "Threads").unwrap_or(0),
+        fds: fds as u64,
+        udp_sockets: udp_sockets as u64,
         tasks: tasks(base),
         server_viewers: cams.iter().map(|c| c.2).sum(),
         cameras: cams.into_iter().map(|(n, s, _)| (n, s)).collect(),
@@ -143,18 +112,11 @@ pub fn load_average() -> String {
         .unwrap_or_default()
 }
 
-/// True when this process's network namespace has no interface but `lo`.
-fn only_loopback() -> bool {
-    std::fs::read_to_string("/proc/self/net/dev")
-        .map(|t| t.lines().skip(2).all(|l| l.trim_start().starts_with("lo:")))
-        .unwrap_or(false)
-}
-
 /// Outside a loopback-only namespace, runs this program again (same arguments) under
 /// `unshare --net` with `lo` up and returns its exit code; None when already inside one,
 /// or when namespaces are not available (then the soak runs on the host's 127.0.0.1).
 pub fn reexec_in_netns() -> Option<ExitCode> {
-    if std::env::var_os(MARKER).is_some() || only_loopback() {
+    if std::env::var_os(MARKER).is_some() || super::common::netns::only_loopback() {
         return None;
     }
     let exe = std::env::current_exe().ok()?;

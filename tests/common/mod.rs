@@ -12,6 +12,7 @@ pub mod service;
 pub mod whep_client;
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,4 +49,19 @@ pub fn scratch_dir(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create scratch dir");
     d
+}
+
+/// Polls `probe` every 100 ms until it holds, at most `within`; how long it took,
+/// or None on timeout.
+pub fn wait_until(within: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if probe() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() >= within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

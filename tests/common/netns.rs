@@ -13,7 +13,7 @@ const MARKER: &str = "INFERCAST_TEST_NETNS";
 
 /// True when this process's network namespace has no interface but `lo`
 /// (`/proc/self/net/dev` is per namespace; `/sys/class/net` is not).
-fn only_loopback() -> bool {
+pub fn only_loopback() -> bool {
     std::fs::read_to_string("/proc/self/net/dev")
         .map(|t| t.lines().skip(2).all(|l| l.trim_start().starts_with("lo:")))
         .unwrap_or(false)
