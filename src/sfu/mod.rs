@@ -237,7 +237,6 @@ impl Sfu {
             .await
             .map_err(webrtc_err)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        let mut guard = CloseOnDrop { pc: Some(pc.clone()), port: Some(port) };
 
         let ssrc = rand::random::<u32>();
         let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -273,9 +272,15 @@ impl Sfu {
                 .unwrap_or(chosen.payload_type);
             Ok::<_, SfuError>((candidates::rewrite_candidates(&answer.sdp, &self.config.public_ips), payload_type))
         };
-        // On an error the guard closes the peer connection.
-        let (answer_sdp, payload_type) = negotiate.await?;
-        let port = guard.defuse();
+        // Set-up runs in its own task (`create_session`), so this is never cut
+        // short: a failure closes the connection before its port is freed.
+        let (answer_sdp, payload_type) = match negotiate.await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
 
         let id = new_session_id();
         let cancel = CancellationToken::new();
@@ -410,35 +415,6 @@ async fn gone(mut state: watch::Receiver<RTCPeerConnectionState>, grace: Duratio
 }
 
 /// Keyframe requests are passed on at most this often.
-/// A peer connection being set up: closed in the background, its port freed
-/// after, if its set-up fails.
-struct CloseOnDrop {
-    pc: Option<Arc<dyn PeerConnection>>,
-    port: Option<ports::PortLease>,
-}
-
-impl CloseOnDrop {
-    /// Set-up succeeded: the session owns the connection now; returns the port lease.
-    fn defuse(&mut self) -> ports::PortLease {
-        self.pc = None;
-        self.port.take().expect("defused once, right after set-up")
-    }
-}
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        let Some(pc) = self.pc.take() else { return };
-        let port = self.port.take();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            tracing::debug!("viewer session set-up failed; closing its peer connection");
-            runtime.spawn(async move {
-                let _ = pc.close().await;
-                drop(port);
-            });
-        }
-    }
-}
-
 struct Session {
     id: SessionId,
     camera: String,
