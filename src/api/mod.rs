@@ -118,29 +118,26 @@ async fn login(State(state): State<AppState>, Extension(who): Extension<Principa
         return ApiError::bad_request("send the token as Authorization: Bearer to log in").into_response();
     }
     let id = state.auth.open_session(&who);
-    let secure = if state.https { "; Secure" } else { "" };
-    let cookie = format!(
-        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
-        crate::auth::SESSION_TTL_S
-    );
-    let mut r = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    r
+    set_session_cookie(&id, crate::auth::SESSION_TTL_S, state.https)
 }
 
 /// `POST /api/logout`: ends the session and clears its cookie. 204.
 #[utoipa::path(post, path = "/api/logout", tag = "auth",
     responses((status = 204, description = "Session ended, cookie cleared")))]
 async fn logout(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
-    let secure = if state.https { "; Secure" } else { "" };
     if let Some(id) = auth::layer::cookie(&headers, SESSION_COOKIE) {
         state.auth.close_session(id);
     }
+    set_session_cookie("", 0, state.https)
+}
+
+/// 204 setting the session cookie to `value` for `max_age_s` (0 clears it):
+/// HttpOnly, SameSite=Strict, and Secure when served over HTTPS.
+fn set_session_cookie(value: &str, max_age_s: u64, https: bool) -> Response {
+    let secure = if https { "; Secure" } else { "" };
+    let cookie = format!("{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_s}{secure}");
     let mut r = StatusCode::NO_CONTENT.into_response();
-    let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}");
-    if let Ok(v) = header::HeaderValue::from_str(&clear) {
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
