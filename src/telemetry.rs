@@ -7,13 +7,21 @@ use prometheus::{
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG` (e.g. `infercast=debug`) overrides
-/// `default_level` (and the two quietened WebRTC modules). Safe to call once; later calls are ignored.
+/// `default_level`; two WebRTC modules stay at `error` unless `RUST_LOG` names
+/// them. Safe to call once; later calls are ignored.
 pub fn init_logging(default_level: &str) {
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // Two warnings of the WebRTC stack come with every viewer session and mean
     // nothing here (DTLS has no server name to check: the SDP fingerprint pins
-    // the peer; ICE pings before the viewer's candidates arrive): errors only.
-    let default = format!("{default_level},rtc_dtls::config=error,rtc_ice::agent=error");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // the peer; ICE pings before the viewer's candidates arrive). Added after
+    // RUST_LOG, so `RUST_LOG=info` (the systemd unit's) does not bring them back.
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    for quiet in ["rtc_dtls::config=error", "rtc_ice::agent=error"] {
+        let module = quiet.split_once('=').map_or(quiet, |(m, _)| m);
+        if !asked.contains(module) {
+            filter = filter.add_directive(quiet.parse().expect("a constant, valid directive"));
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
