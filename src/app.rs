@@ -108,6 +108,7 @@ pub async fn serve(
         metrics,
         rtsp: config.rtsp.clone(),
         bus,
+        clustered: config.cluster.is_some(),
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -115,9 +116,12 @@ pub async fn serve(
     let addr =
         listener.local_addr().map_err(|e| AppError::Listen { addr: config.listen.clone(), reason: e.to_string() })?;
 
+    // Cluster mode: every camera starts in standby; the cluster loop starts
+    // the ones this node's leases name.
+    let cluster = config.cluster.clone().map(crate::cluster::Cluster::new);
     let mut cameras = BTreeMap::new();
     for cam in &config.cameras {
-        let camera = Camera::spawn(cam.clone(), &services, cancel.child_token())
+        let camera = Camera::spawn_with(cam.clone(), &services, cluster.is_none(), cancel.child_token())
             .map_err(|e| AppError::Camera { name: cam.name.clone(), reason: e.to_string() })?;
         cameras.insert(cam.name.clone(), camera);
     }
@@ -132,8 +136,23 @@ pub async fn serve(
         ..crate::sfu::SfuConfig::from(&config.webrtc)
     };
     let sfu = Arc::new(crate::sfu::Sfu::with_metrics(sfu_config, services.metrics.registry()));
+    let cameras = Arc::new(cameras);
+    let cluster_task = match (&cluster, &config.nats) {
+        (Some(cluster), Some(nats)) => {
+            let deps = crate::cluster::Deps {
+                cameras: cameras.clone(),
+                sfu: sfu.clone(),
+                labels: services.labels.clone(),
+                nats: nats.clone(),
+                auth: nats.read_auth().map_err(AppError::Config)?,
+            };
+            Some(tokio::spawn(crate::cluster::run(cluster.clone(), deps, cancel.child_token())))
+        }
+        _ => None,
+    };
     let state = AppState {
-        cameras: Arc::new(cameras),
+        cameras,
+        cluster,
         labels: services.labels.clone(),
         metrics: services.metrics.clone(),
         sfu: sfu.clone(),
@@ -162,6 +181,10 @@ pub async fn serve(
         Duration::from_millis(1500),
     ));
     cancel.cancelled().await;
+    if let Some(task) = cluster_task {
+        // Releases this node's leases so the others take its cameras at once (≤ 1 s).
+        let _ = tokio::time::timeout(Duration::from_millis(1500), task).await;
+    }
     sfu.close_all().await;
     let _ = server.await;
     if let Some(task) = bus_task {

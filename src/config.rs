@@ -36,6 +36,10 @@ pub struct Config {
     /// no NATS at all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats: Option<crate::bus::NatsConfig>,
+    /// `[cluster]`: share the cameras with other nodes of the same `[nats]`.
+    /// Absent: this node pulls every camera.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// `[[camera]]` tables; empty means the built-in demo camera.
     #[serde(rename = "camera")]
     pub cameras: Vec<CameraConfig>,
@@ -54,6 +58,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             tls: None,
             nats: None,
+            cluster: None,
             cameras: Vec::new(),
         }
     }
@@ -235,6 +240,9 @@ pub struct CameraConfig {
     /// Unique name: letters, digits, `-` and `_` (used in URLs and metrics).
     pub name: String,
     /// `rtsp://[user:pass@]host[:port]/path` or `file:/path/clip.h264`.
+    /// `${VAR}` in a config file's URL is replaced by the environment variable
+    /// `VAR` at load (credentials from a Kubernetes Secret, say); an unset
+    /// variable stops start-up naming it.
     pub url: String,
     /// Classifications per second (default 5; `0` = every frame).
     #[serde(default = "default_classify_fps")]
@@ -411,7 +419,17 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Unreadable { path: path.to_owned(), reason: e.to_string() })?;
-        let config = Config::parse(&text).map_err(|message| ConfigError::Syntax { path: path.to_owned(), message })?;
+        let mut config =
+            Config::parse(&text).map_err(|message| ConfigError::Syntax { path: path.to_owned(), message })?;
+        if let Some(cluster) = &mut config.cluster {
+            cluster.apply_env();
+        }
+        for cam in &mut config.cameras {
+            cam.url = expand_env(&cam.url, |v| std::env::var(v).ok()).map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!("camera {:?}: url: {message}", cam.name),
+            })?;
+        }
         config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
         Ok(config)
     }
@@ -463,6 +481,12 @@ impl Config {
         if let Some(nats) = &self.nats {
             nats.validate()?;
         }
+        if let Some(cluster) = &self.cluster {
+            if self.nats.is_none() {
+                return Err("[cluster] needs [nats]: the nodes share cameras through NATS JetStream".into());
+            }
+            cluster.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for cam in &self.cameras {
             let valid_name = !cam.name.is_empty()
@@ -506,6 +530,28 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Replaces every `${NAME}` in `text` by `lookup(NAME)` (`NAME`: letters,
+/// digits, `_`). The error names the variable, never a value; `$` without `{`
+/// stays as it is.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after.find('}').ok_or_else(|| "a \"${\" without its \"}\"".to_owned())?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("${{{name}}} is not an environment variable name"));
+        }
+        let value = lookup(name).ok_or_else(|| format!("environment variable {name} (from ${{{name}}}) is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 impl WebRtcConfig {
@@ -558,6 +604,17 @@ fn one_line(e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn camera_urls_take_credentials_from_the_environment() {
+        let env = |name: &str| (name == "DOOR_PASS").then(|| "s3cr:t".to_owned());
+        assert_eq!(expand_env("rtsp://v:${DOOR_PASS}@h/s", env).expect("set"), "rtsp://v:s3cr:t@h/s");
+        assert_eq!(expand_env("rtsp://h/$x", env).expect("no braces"), "rtsp://h/$x");
+        let err = expand_env("rtsp://v:${NOPE}@h", env).expect_err("unset");
+        assert!(err.contains("NOPE") && err.contains("not set"), "{err}");
+        assert!(expand_env("rtsp://${DOOR_PASS", env).expect_err("open").contains("without"));
+        assert!(expand_env("rtsp://${A-B}", env).expect_err("bad name").contains("not an environment variable"));
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

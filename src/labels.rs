@@ -5,13 +5,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::infer::ClassScore;
 
 /// One classification of one camera frame, as the API shows it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Label {
     pub camera: String,
     /// Top-1 class name.
@@ -55,7 +55,23 @@ impl LabelStore {
     /// never goes backwards (a camera whose clock jumps back, by hours even,
     /// would otherwise hide its new labels from `since=` polling): a label
     /// older than the previous one gets the previous time plus 1 µs.
-    pub fn push(&self, mut label: Label) {
+    pub fn push(&self, label: Label) {
+        self.record(label, true);
+    }
+
+    /// Records a label another node of the cluster made (read back from
+    /// JetStream): like [`LabelStore::push`] but never published again, and
+    /// ignored unless it is newer than the camera's latest label (so a label
+    /// seen twice, or this node's own, is stored once). True if stored.
+    pub fn push_remote(&self, label: Label) -> bool {
+        if self.latest(&label.camera).is_some_and(|last| label.captured_at <= last.captured_at) {
+            return false;
+        }
+        self.record(label, false);
+        true
+    }
+
+    fn record(&self, mut label: Label, publish: bool) {
         {
             let mut map = self.by_camera.write().expect("labels lock is never poisoned");
             let ring = map.entry(label.camera.clone()).or_default();
@@ -69,7 +85,7 @@ impl LabelStore {
                 ring.pop_front();
             }
             ring.push_back(label.clone());
-            if let Some(bus) = &self.bus {
+            if publish && let Some(bus) = &self.bus {
                 bus.label(&label);
             }
             let _ = self.tx.send(label); // no subscribers is fine
@@ -134,6 +150,20 @@ mod tests {
         let newer = s.history("a", Some(seen), 10);
         assert_eq!(newer.iter().map(|l| l.frame_pts).collect::<Vec<_>>(), [6, 4], "no label lost to since=");
         assert!(newer[0].captured_at > seen && newer[1].captured_at > newer[0].captured_at);
+    }
+
+    #[test]
+    fn remote_labels_are_stored_once_and_in_order() {
+        let s = LabelStore::new(10);
+        s.push(label("a", 5));
+        assert!(!s.push_remote(label("a", 5)), "this node's own label read back");
+        assert!(!s.push_remote(label("a", 4)), "older than the latest");
+        assert!(s.push_remote(label("a", 6)));
+        assert!(s.push_remote(label("b", 1)), "a camera seen first from another node");
+        assert_eq!(s.history("a", None, 10).iter().map(|l| l.frame_pts).collect::<Vec<_>>(), [5, 6]);
+        let json = serde_json::to_string(&*s.latest("a").expect("label")).expect("serialises");
+        let back: Label = serde_json::from_str(&json).expect("the API's JSON reads back");
+        assert_eq!((back.frame_pts, back.captured_at), (6, s.latest("a").expect("label").captured_at));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod classify;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 #[cfg(test)]

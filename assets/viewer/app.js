@@ -15,6 +15,8 @@ const tiles = new Map();
 /** The newest label per camera, also for cameras whose tile is not built yet. */
 const latestLabels = new Map();
 let iceServers = [];
+/** Cluster mode: the id of the node serving this page (`/api/cluster`), else null. */
+let thisNode = null;
 
 function setSummary(text, ok) {
   summary.textContent = text;
@@ -41,7 +43,7 @@ function sync(cameras) {
     if (tile) {
       tile.update(camera);
     } else {
-      tile = new Tile(camera, { iceServers });
+      tile = new Tile(camera, { iceServers, thisNode });
       tiles.set(camera.name, tile);
       const label = latestLabels.get(camera.name);
       if (label) tile.showLabel(label);
@@ -98,6 +100,10 @@ let labelsWatched = false;
 async function start() {
   try {
     iceServers = (await getJson('/api/webrtc')).ice_servers ?? [];
+    thisNode = await getJson('/api/cluster').then(
+      (info) => info.node_id,
+      () => null, // 404: not in cluster mode
+    );
   } catch (e) {
     if (e instanceof AuthError) return askForToken(e.message);
     setSummary(`server unreachable (${e.message})`, false);

@@ -5,8 +5,12 @@
 //
 // Test hooks: <section class="tile" data-camera data-track data-state
 // data-video (player phase) data-retries data-first-frame-ms (WHEP POST →
-// first decoded frame)>, buttons [data-track-button], and
-// .label[data-label][data-score].
+// first decoded frame) data-node (cluster mode: the node serving it)>,
+// buttons [data-track-button], and .label[data-label][data-score].
+//
+// Cluster mode: the tile names the node that pulls the camera, sends its
+// WHEP offer straight to that node's advertised URL, and reconnects there
+// when the camera moves to another node.
 
 import { Player } from './player.js';
 
@@ -17,6 +21,7 @@ const NOTICES = {
   reconnecting: 'Camera unreachable, reconnecting…',
   failed: 'Camera failed',
   stopped: 'Camera stopped',
+  standby: 'Camera moving to another node…',
 };
 
 /** `el('div', {class: 'x'}, child, 'text')`: attributes are set as attributes, text stays text. */
@@ -56,8 +61,12 @@ export class Tile {
   #parts;
   #trackChosen = false;
 
-  constructor(camera, { iceServers, track }) {
+  #thisNode;
+
+  /** `thisNode`: the id of the cluster node serving this page (null outside cluster mode). */
+  constructor(camera, { iceServers, track, thisNode = null }) {
     this.#camera = camera;
+    this.#thisNode = thisNode;
     const video = el('video', { autoplay: '', muted: '', playsinline: '' });
     video.muted = true; // the attribute alone does not mute a MediaStream in every browser
     const buttons = TRACKS.map((t) => el('button', { type: 'button', 'data-track-button': t }, t));
@@ -65,6 +74,7 @@ export class Tile {
       video,
       buttons,
       badge: el('span', { class: 'badge' }),
+      node: el('span', { class: 'node', hidden: '' }),
       label: el('div', { class: 'label' }, el('span', { class: 'label-name' }), el('span', { class: 'label-score' })),
       notice: el(
         'div',
@@ -83,6 +93,7 @@ export class Tile {
         {},
         el('h2', {}, camera.name),
         this.#parts.badge,
+        this.#parts.node,
         el('div', { class: 'switch', role: 'group', 'aria-label': 'track' }, ...buttons),
       ),
       el('div', { class: 'screen' }, video, this.#parts.label, this.#parts.notice),
@@ -95,7 +106,12 @@ export class Tile {
       });
     }
 
-    const endpointFor = (t) => `/whep/${encodeURIComponent(camera.name)}/${t}`;
+    // Cluster mode: the node that pulls the camera, unless it is the one serving this page.
+    const endpointFor = (t) => {
+      const { node, node_url: url } = this.#camera;
+      const base = url && node !== this.#thisNode ? url : '';
+      return `${base}/whep/${encodeURIComponent(camera.name)}/${t}`;
+    };
     this.#player = new Player(video, { endpointFor, iceServers, onChange: () => this.#renderVideo() });
     this.update(camera);
     this.setTrack(track ?? defaultTrack(camera));
@@ -121,8 +137,14 @@ export class Tile {
 
   /** A fresh `/api/cameras` entry for this camera. */
   update(camera) {
+    const movedFrom = this.#camera.node;
     this.#camera = camera;
     this.#offline = false;
+    this.#renderNode(camera);
+    // The camera moved to another node: follow it there (the old node ends its sessions anyway).
+    if (camera.node && movedFrom && camera.node !== movedFrom && this.#player.phase !== 'stopped') {
+      this.#player.play(this.element.dataset.track);
+    }
     // `degraded`: pictures still arrive, fewer than the stream carries (the badge says why).
     const streaming = camera.state === 'streaming' || camera.state === 'degraded';
     this.element.dataset.state = camera.state;
@@ -138,6 +160,16 @@ export class Tile {
     this.#player.setCameraStreaming(streaming);
     this.#renderNotice();
     this.#parts.label.classList.toggle('stale', !streaming);
+  }
+
+  #renderNode(camera) {
+    const node = this.#parts.node;
+    const clustered = 'node' in camera;
+    node.hidden = !clustered;
+    node.textContent = clustered ? `on ${camera.node ?? '…'}` : '';
+    node.title = camera.node_url ?? '';
+    if (clustered && camera.node) this.element.dataset.node = camera.node;
+    else delete this.element.dataset.node;
   }
 
   /** The API did not answer: say so over the picture until the next `update`. */

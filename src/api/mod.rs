@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
@@ -34,15 +34,17 @@ use utoipa_axum::routes;
 pub use self::error::{ApiError, ErrorBody};
 use crate::auth::layer::{Guard, SESSION_COOKIE};
 use crate::auth::{self, Auth, Principal};
-use crate::hub::TrackKind;
+use crate::cluster::ClusterInfo;
 use crate::labels::{Label, LabelStore};
-use crate::pipeline::{Camera, CameraState, CameraStatus};
+use crate::pipeline::{Camera, CameraState, CameraView};
 use crate::telemetry::Metrics;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub cameras: Arc<BTreeMap<String, Arc<Camera>>>,
+    /// `[cluster]`: who pulls which camera; `None` on a single node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub labels: Arc<LabelStore>,
     pub metrics: Arc<Metrics>,
     /// WebRTC viewer sessions (WHEP).
@@ -71,10 +73,16 @@ impl AppState {
 
 /// The whole HTTP surface, every route behind the auth and CORS guard.
 pub fn router(state: AppState) -> Router {
+    // The page of one cluster node may call the others (WHEP after a redirect).
+    let member_origin = state.cluster.clone().map(|c| {
+        let f: auth::layer::OriginCheck = Arc::new(move |origin: &str| c.is_member_origin(origin));
+        f
+    });
     let guard = Guard {
         auth: state.auth.clone(),
         allowed_origins: state.allowed_origins.clone(),
         server_names: state.server_names.clone(),
+        member_origin,
     };
     Router::from(routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
@@ -90,6 +98,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(logout))
         .routes(routes!(list_cameras))
         .routes(routes!(get_camera))
+        .routes(routes!(cluster_info))
         .routes(routes!(snapshot::snapshot))
         .routes(routes!(latest_labels))
         .routes(routes!(label_stream))
@@ -143,36 +152,55 @@ fn set_session_cookie(value: &str, max_age_s: u64, https: bool) -> Response {
     r
 }
 
-/// A camera as `/api/cameras` shows it: status plus viewers per track.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct CameraView {
-    #[serde(flatten)]
-    status: CameraStatus,
-    /// Viewer sessions per track (`raw`, `annotated`).
-    #[schema(value_type = BTreeMap<String, usize>)]
-    viewers: BTreeMap<&'static str, usize>,
-}
-
-fn view(camera: &Camera) -> CameraView {
-    let viewers = [TrackKind::Raw, TrackKind::Annotated]
-        .into_iter()
-        .map(|k| (k.as_str(), camera.tracks.track(k).subscriber_count()))
-        .collect();
-    CameraView { status: camera.status(), viewers }
+/// A camera as `/api/cameras` shows it. In cluster mode: the status the
+/// pulling node publishes, with `node` and `node_url`; a camera between
+/// nodes shows this node's `standby` status and `node` = the new holder, if
+/// any.
+fn view(state: &AppState, camera: &Camera) -> serde_json::Value {
+    let Some(cluster) = &state.cluster else { return serde_json::to_value(camera.view()).unwrap_or_default() };
+    let owner = cluster.owner(&camera.name);
+    let mut json = match cluster.remote_view(&camera.name) {
+        Some(remote) if !camera.is_active() => remote,
+        _ => serde_json::to_value(camera.view()).unwrap_or_default(),
+    };
+    if let Some(map) = json.as_object_mut() {
+        let (node, url) = owner.map_or((None, None), |(n, u)| (Some(n), Some(u)));
+        map.insert("node".into(), node.into());
+        map.insert("node_url".into(), url.into());
+    }
+    json
 }
 
 #[utoipa::path(get, path = "/api/cameras", tag = "cameras", security(("bearer" = [])),
-    responses((status = 200, description = "Every camera the caller may see", body = [CameraView])))]
-async fn list_cameras(State(state): State<AppState>, Extension(who): Extension<Principal>) -> Json<Vec<CameraView>> {
-    Json(state.cameras.values().filter(|c| who.may_see(&c.name)).map(|c| view(c)).collect())
+    responses((status = 200, description = "Every camera the caller may see (in cluster mode: of the whole cluster, \
+        with the node that pulls each)", body = [CameraView])))]
+async fn list_cameras(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Json<Vec<serde_json::Value>> {
+    Json(state.cameras.values().filter(|c| who.may_see(&c.name)).map(|c| view(&state, c)).collect())
 }
 
 #[utoipa::path(get, path = "/api/cameras/{name}", tag = "cameras", security(("bearer" = [])),
     params(("name" = String, Path, description = "Camera name")),
     responses((status = 200, description = "The camera", body = CameraView),
         (status = 404, description = "No such camera (`camera_not_found`)", body = ErrorBody)))]
-async fn get_camera(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<CameraView>, ApiError> {
-    Ok(Json(view(state.camera(&name)?)))
+async fn get_camera(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(view(&state, state.camera(&name)?)))
+}
+
+/// `GET /api/cluster`: this node, the live nodes, who holds which camera.
+#[utoipa::path(get, path = "/api/cluster", tag = "cameras", security(("bearer" = [])),
+    responses((status = 200, description = "This node, the live members and the camera leases", body = ClusterInfo),
+        (status = 404, description = "Not in cluster mode (`not_clustered`)", body = ErrorBody)))]
+async fn cluster_info(State(state): State<AppState>) -> Result<Json<ClusterInfo>, ApiError> {
+    let cluster = state.cluster.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_clustered", "this node runs alone (no [cluster] in its config)")
+    })?;
+    Ok(Json(cluster.info()))
 }
 
 #[utoipa::path(get, path = "/api/labels", tag = "labels", security(("bearer" = [])),

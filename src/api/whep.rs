@@ -71,13 +71,16 @@ async fn preflight_session() -> Response {
     responses(
         (status = 201, description = "SDP answer with every candidate; `Location` (the session, for DELETE), `ETag`, \
             `Link: <…>; rel=\"ice-server\"` for each configured STUN/TURN server", content_type = "application/sdp", body = String),
+        (status = 307, description = "Cluster mode: another node pulls the camera; `Location` is the same endpoint there \
+            (POST the same offer to it)"),
         (status = 400, description = "Not SDP, or malformed", body = ErrorBody),
         (status = 404, description = "No such camera or track", body = ErrorBody),
         (status = 406, description = "No H.264 in packetization-mode 1 offered, or the camera's raw codec cannot be forwarded (H.265)", body = ErrorBody),
         (status = 409, description = "The annotated track is unavailable (`annotated_unavailable`)", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB"),
         (status = 429, description = "`[limits] whep_sessions_per_ip` reached (`Retry-After`)", body = ErrorBody),
-        (status = 503, description = "`whep_sessions` or `whep_sessions_per_camera` reached (`Retry-After`)", body = ErrorBody)))]
+        (status = 503, description = "`whep_sessions` or `whep_sessions_per_camera` reached, or (cluster mode) the camera is \
+            moving between nodes (`camera_moving`); `Retry-After`", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     Path((camera, track)): Path<(String, String)>,
@@ -103,6 +106,11 @@ async fn create_inner(
 ) -> Result<Response, ApiError> {
     let cam = state.camera(camera)?;
     let kind = track_kind(track)?;
+    if let Some(cluster) = &state.cluster
+        && !cam.is_active()
+    {
+        return Ok(to_owner(cluster, camera, kind));
+    }
     if kind == TrackKind::Raw && cam.status().codec.as_deref().is_some_and(|c| c != "H.264") {
         return Err(ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -148,6 +156,29 @@ async fn create_inner(
         h.append(header::LINK, link);
     }
     Ok(r)
+}
+
+/// Cluster mode, for a camera this node does not pull: `307 Temporary
+/// Redirect` to the same endpoint on the node that does (307 keeps the
+/// method and the offer), or 503 while the camera is between nodes.
+fn to_owner(cluster: &crate::cluster::Cluster, camera: &str, kind: TrackKind) -> Response {
+    match cluster.owner(camera) {
+        Some((node, url)) if node != cluster.node_id() => {
+            let location = format!("{url}/whep/{camera}/{}", kind.as_str());
+            tracing::debug!(camera, %node, "WHEP offer redirected to the camera's node");
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        _ => {
+            let message = format!("camera {camera:?} is moving between nodes; try again in a second");
+            let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "camera_moving", message).into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+    }
 }
 
 /// `[webrtc] ice_servers` as `Link: <url>; rel="ice-server"` headers (WHIP/WHEP

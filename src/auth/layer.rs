@@ -27,7 +27,12 @@ pub struct Guard {
     pub allowed_origins: Arc<Vec<String>>,
     /// `[http] server_names`.
     pub server_names: Arc<Vec<String>>,
+    /// Cluster mode: origins of the other nodes are allowed too.
+    pub member_origin: Option<OriginCheck>,
 }
+
+/// Whether an `Origin` is one of a dynamic set (the cluster's nodes).
+pub type OriginCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Whether a request without a credential may use this `Host`: an IP address,
 /// `localhost`, or a configured server name. Anything else is a name some web
@@ -111,7 +116,12 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
     let origin = req
         .headers()
         .get(header::ORIGIN)
-        .filter(|o| o.to_str().is_ok_and(|o| g.allowed_origins.iter().any(|a| a.trim_end_matches('/') == o)))
+        .filter(|o| {
+            o.to_str().is_ok_and(|o| {
+                g.allowed_origins.iter().any(|a| a.trim_end_matches('/') == o)
+                    || g.member_origin.as_ref().is_some_and(|check| check(o))
+            })
+        })
         .cloned();
     let needs = access(req.method(), req.uri().path());
     let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);

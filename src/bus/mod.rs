@@ -12,7 +12,7 @@ pub mod config;
 pub mod message;
 pub mod metrics;
 pub mod outbox;
-mod publisher;
+pub(crate) mod publisher;
 
 use tokio_util::sync::CancellationToken;
 

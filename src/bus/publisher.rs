@@ -197,7 +197,14 @@ async fn connect(
     }
 }
 
-fn options(config: &NatsConfig, auth: &NatsAuth, outbox: &Outbox) -> std::io::Result<async_nats::ConnectOptions> {
+/// Client options for `config`: credentials, TLS, time-outs and quick
+/// reconnects (100 ms doubling up to 2 s, for ever). Shared with the cluster's
+/// own connection.
+pub(crate) fn client_options(
+    config: &NatsConfig,
+    auth: &NatsAuth,
+    name: &str,
+) -> std::io::Result<async_nats::ConnectOptions> {
     let mut options = match auth {
         NatsAuth::None => async_nats::ConnectOptions::new(),
         NatsAuth::Token(t) => async_nats::ConnectOptions::with_token(t.clone()),
@@ -206,38 +213,37 @@ fn options(config: &NatsConfig, auth: &NatsAuth, outbox: &Outbox) -> std::io::Re
     if let Some(ca) = &config.tls_ca_path {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
+    Ok(options.name(name).connection_timeout(CONNECT_TIMEOUT).max_reconnects(None).reconnect_delay_callback(
+        |attempts| Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5))).min(Duration::from_secs(2)),
+    ))
+}
+
+fn options(config: &NatsConfig, auth: &NatsAuth, outbox: &Outbox) -> std::io::Result<async_nats::ConnectOptions> {
+    let options = client_options(config, auth, "infercast")?;
     let connected = outbox.metrics().connected.clone();
     let urls = config.urls.join(",");
     // "reconnected" only after a "disconnected" (the first connection is logged by `connect`).
     let was_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    Ok(options
-        .name("infercast")
-        .connection_timeout(CONNECT_TIMEOUT)
-        .max_reconnects(None)
-        // Reconnect quickly after an outage: 100 ms doubling up to 2 s.
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5))).min(Duration::from_secs(2))
-        })
-        .event_callback(move |event| {
-            let (connected, urls, was_down) = (connected.clone(), urls.clone(), was_down.clone());
-            async move {
-                use std::sync::atomic::Ordering;
-                match event {
-                    async_nats::Event::Connected => {
-                        connected.set(1);
-                        if was_down.swap(false, Ordering::Relaxed) {
-                            tracing::info!(%urls, "NATS: reconnected");
-                        }
+    Ok(options.event_callback(move |event| {
+        let (connected, urls, was_down) = (connected.clone(), urls.clone(), was_down.clone());
+        async move {
+            use std::sync::atomic::Ordering;
+            match event {
+                async_nats::Event::Connected => {
+                    connected.set(1);
+                    if was_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!(%urls, "NATS: reconnected");
                     }
-                    async_nats::Event::Disconnected => {
-                        connected.set(0);
-                        was_down.store(true, Ordering::Relaxed);
-                        tracing::warn!(%urls, "NATS: disconnected; buffering labels and events");
-                    }
-                    other => tracing::debug!(event = %other, "NATS client event"),
                 }
+                async_nats::Event::Disconnected => {
+                    connected.set(0);
+                    was_down.store(true, Ordering::Relaxed);
+                    tracing::warn!(%urls, "NATS: disconnected; buffering labels and events");
+                }
+                other => tracing::debug!(event = %other, "NATS client event"),
             }
-        }))
+        }
+    }))
 }
 
 /// Creates the stream if missing (retrying until it works or `cancel`);

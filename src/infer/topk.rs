@@ -39,7 +39,7 @@ impl Labels {
 }
 
 /// One class with its softmax probability.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ClassScore {
     #[schema(value_type = String)]
     pub label: Arc<str>,

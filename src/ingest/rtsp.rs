@@ -28,6 +28,11 @@ pub struct RtspOptions {
     /// (hub, decode queue, decoder); retina's own buffer is freed with the
     /// session, and `frame_timeout` bounds how long it can keep growing.
     pub max_access_unit_bytes: usize,
+    /// End a session by closing its TCP connection at once, with no
+    /// `TEARDOWN` sent in the background first (retina's default keeps the
+    /// connection open until that answer comes). Cluster mode sets it, so a
+    /// camera handed to another node is never pulled by both.
+    pub close_at_once: bool,
 }
 
 impl Default for RtspOptions {
@@ -36,6 +41,7 @@ impl Default for RtspOptions {
             request_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(5),
             max_access_unit_bytes: crate::config::DEFAULT_MAX_ACCESS_UNIT_BYTES as usize,
+            close_at_once: false,
         }
     }
 }
@@ -99,6 +105,11 @@ impl RtspSession {
         let creds = camera.credentials().map(|(u, p)| Credentials { username: u.to_owned(), password: p.to_owned() });
         let session_options =
             SessionOptions::default().creds(creds).user_agent(concat!("infercast/", env!("CARGO_PKG_VERSION")).into());
+        let session_options = if options.close_at_once {
+            session_options.teardown(retina::client::TeardownPolicy::Never)
+        } else {
+            session_options
+        };
         let t = options.request_timeout;
         let mut session =
             within(camera, "DESCRIBE", t, retina::client::Session::describe(camera.url().clone(), session_options))

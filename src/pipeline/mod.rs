@@ -14,14 +14,14 @@ pub mod status;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::backoff::Backoff;
 use self::media::{MediaContext, SnapshotRequest};
 use self::queue::{FrameQueue, MediaMsg};
-pub use self::status::{CameraState, CameraStatus};
+pub use self::status::{CameraState, CameraStatus, CameraView};
 use crate::codec::DecoderKind;
 use crate::config::{CameraConfig, RtspConfig};
 use crate::hub::{CameraTracks, Hub, TrackKind};
@@ -50,6 +50,9 @@ pub struct Services {
     pub rtsp: RtspConfig,
     /// `[nats]`: where camera state changes are published (labels go through `labels`).
     pub bus: Option<crate::bus::Bus>,
+    /// `[cluster]`: a camera may be handed to another node, so its sessions
+    /// close their connection at once when they end.
+    pub clustered: bool,
 }
 
 /// Why a snapshot could not be taken.
@@ -67,15 +70,32 @@ pub struct Camera {
     pub status: Arc<RwLock<CameraStatus>>,
     pub tracks: Arc<CameraTracks>,
     snapshots: std::sync::mpsc::Sender<SnapshotRequest>,
+    /// Whether this node pulls the camera (always, outside cluster mode).
+    active: watch::Sender<bool>,
 }
 
 impl Camera {
-    /// Starts the camera's supervisor task and media thread. Runs until `cancel`.
+    /// Starts the camera's supervisor task and media thread, pulling the
+    /// camera at once. Runs until `cancel`.
     pub fn spawn(config: CameraConfig, services: &Services, cancel: CancellationToken) -> std::io::Result<Arc<Camera>> {
+        Camera::spawn_with(config, services, true, cancel)
+    }
+
+    /// Like [`Camera::spawn`]; with `active` false the camera stays in
+    /// `standby` (no connection) until [`Camera::set_active`] (cluster mode).
+    pub fn spawn_with(
+        config: CameraConfig,
+        services: &Services,
+        active: bool,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Arc<Camera>> {
         let name = config.name.clone();
         let url = CameraUrl::parse(&config.url);
         let shown_url = url.as_ref().map(|u| u.redacted()).unwrap_or_else(|_| "(invalid URL)".into());
         let mut status = CameraStatus::new(&name, &shown_url, config.classify_fps, config.decoder);
+        if !active {
+            status.set_state(CameraState::Standby, None);
+        }
         if let Some(bus) = &services.bus {
             status.attach_bus(bus.clone());
         }
@@ -107,14 +127,50 @@ impl Camera {
             decoder: config.decoder,
             annotated_scale: config.annotated_scale,
             annotated_max_pixels: config.annotated_max_pixels,
+            close_at_once: services.clustered,
         };
+        let (active, active_rx) = watch::channel(active);
         let span = tracing::info_span!("camera", name = %name);
-        tokio::spawn(supervise(Arc::new(supervisor), cancel).instrument(span));
-        Ok(Arc::new(Camera { name, status, tracks, snapshots: snap_tx }))
+        tokio::spawn(supervise(Arc::new(supervisor), active_rx, cancel).instrument(span));
+        Ok(Arc::new(Camera { name, status, tracks, snapshots: snap_tx, active }))
     }
 
     pub fn status(&self) -> CameraStatus {
         self.status.read().expect("status lock is never poisoned").clone()
+    }
+
+    /// Status and viewers per track, as `/api/cameras` shows them (no node).
+    pub fn view(&self) -> CameraView {
+        let viewers = [TrackKind::Raw, TrackKind::Annotated]
+            .into_iter()
+            .map(|k| (k.as_str(), self.tracks.track(k).subscriber_count()))
+            .collect();
+        CameraView { status: self.status(), viewers, node: None, node_url: None }
+    }
+
+    /// Waits (at most `within`) until the supervisor has dropped the source
+    /// session after [`Camera::set_active`]`(false)` (or shut down); false on
+    /// time-out.
+    pub async fn stood_by(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !matches!(self.status().state, CameraState::Standby | CameraState::Stopped) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Whether this node pulls the camera now.
+    pub fn is_active(&self) -> bool {
+        *self.active.borrow()
+    }
+
+    /// Starts (true) or stops (false) pulling the camera. Stopping ends the
+    /// source session at once and leaves the camera in `standby`.
+    pub fn set_active(&self, active: bool) {
+        self.active.send_if_modified(|a| std::mem::replace(a, active) != active);
     }
 
     /// The next decoded frame of `track` (`annotated` = with the label drawn).
@@ -163,10 +219,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs the supervisor until `cancel`; a panic in it turns the camera
 /// `failed` with the reason and runs it again after a second.
-async fn supervise(supervisor: Arc<Supervisor>, cancel: CancellationToken) {
+async fn supervise(supervisor: Arc<Supervisor>, active: watch::Receiver<bool>, cancel: CancellationToken) {
     loop {
-        let (s, c) = (supervisor.clone(), cancel.clone());
-        match tokio::spawn(async move { s.run(c).await }.in_current_span()).await {
+        let (s, a, c) = (supervisor.clone(), active.clone(), cancel.clone());
+        match tokio::spawn(async move { s.run(a, c).await }.in_current_span()).await {
             Ok(()) => return,
             Err(e) if e.is_panic() => {
                 let reason =
@@ -198,18 +254,37 @@ struct Supervisor {
     decoder: DecoderKind,
     annotated_scale: f32,
     annotated_max_pixels: u32,
+    close_at_once: bool,
+}
+
+/// Resolves once `active` reads `want` (never, if its sender is gone).
+async fn until_active(active: &mut watch::Receiver<bool>, want: bool) {
+    if active.wait_for(|a| *a == want).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 impl Supervisor {
-    async fn run(&self, cancel: CancellationToken) {
+    async fn run(&self, mut active: watch::Receiver<bool>, cancel: CancellationToken) {
         let mut backoff = Backoff::new(
             Duration::from_millis(self.rtsp.backoff_initial_ms),
             Duration::from_millis(self.rtsp.backoff_max_ms),
         );
         loop {
+            if !*active.borrow() {
+                self.stand_by();
+                tokio::select! {
+                    () = until_active(&mut active, true) => {}
+                    () = cancel.cancelled() => break,
+                }
+                tracing::info!("this node pulls the camera now");
+                self.status.write().expect("status lock is never poisoned").set_state(CameraState::Connecting, None);
+                backoff.reset();
+            }
             let mut streamed = false;
             let result = tokio::select! {
                 r = self.run_once(&mut streamed) => r,
+                () = until_active(&mut active, false) => continue,
                 () = cancel.cancelled() => break,
             };
             let Err(error) = result;
@@ -236,12 +311,24 @@ impl Supervisor {
             self.metrics.reconnects.inc();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
+                () = until_active(&mut active, false) => {}
                 () = cancel.cancelled() => break,
             }
         }
         self.queue.close();
         self.status.write().expect("status lock is never poisoned").set_state(CameraState::Stopped, None);
         tracing::info!("camera stopped");
+    }
+
+    /// Stops pulling (cluster mode: another node does): the source session
+    /// is already dropped; the tracks forget their GOP.
+    fn stand_by(&self) {
+        self.tracks.raw.reset();
+        let mut s = self.status.write().expect("status lock is never poisoned");
+        if s.state != CameraState::Standby {
+            tracing::info!("another node pulls the camera now: standing by");
+            s.set_state(CameraState::Standby, None);
+        }
     }
 
     /// One session: connect, then forward access units until something fails.
@@ -252,6 +339,7 @@ impl Supervisor {
                 request_timeout: Duration::from_millis(self.rtsp.request_timeout_ms),
                 frame_timeout: Duration::from_millis(self.rtsp.frame_timeout_ms),
                 max_access_unit_bytes: usize::try_from(self.rtsp.max_access_unit_bytes).unwrap_or(usize::MAX),
+                close_at_once: self.close_at_once,
             };
             Source::Rtsp(RtspSession::connect(url, &options).await?)
         } else {

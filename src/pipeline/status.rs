@@ -1,5 +1,7 @@
 //! What the API shows of a camera: its state, last error and stream facts.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -25,6 +27,9 @@ pub enum CameraState {
     Failed,
     /// Shut down.
     Stopped,
+    /// Cluster mode: another node pulls this camera (`node` in `/api/cameras`
+    /// says which); this node does not connect to it.
+    Standby,
 }
 
 impl CameraState {
@@ -102,12 +107,16 @@ impl CameraStatus {
     }
 
     fn publish_state(&self) {
+        // Standby is this node's view only: the owner publishes the camera's state.
+        if self.state == CameraState::Standby {
+            return;
+        }
         if let Some(bus) = &self.bus {
             bus.camera_event(&crate::bus::CameraEvent {
                 camera: &self.name,
                 state: self.state,
                 reason: match self.state {
-                    CameraState::Streaming | CameraState::Stopped => None,
+                    CameraState::Streaming | CameraState::Stopped | CameraState::Standby => None,
                     _ => self.last_error.as_deref(),
                 },
                 at: Utc::now(),
@@ -134,4 +143,21 @@ impl CameraStatus {
             self.publish_state();
         }
     }
+}
+
+/// A camera as `/api/cameras` shows it: status, viewers per track and, in
+/// cluster mode, the node that pulls it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct CameraView {
+    #[serde(flatten)]
+    pub status: CameraStatus,
+    /// Viewer sessions per track (`raw`, `annotated`) on the node that pulls it.
+    #[schema(value_type = BTreeMap<String, usize>)]
+    pub viewers: BTreeMap<&'static str, usize>,
+    /// Cluster mode: the node that pulls the camera (`null` while it moves).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Cluster mode: that node's `advertise_url`, where its WHEP endpoints are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_url: Option<String>,
 }

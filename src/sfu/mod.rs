@@ -350,6 +350,25 @@ impl Sfu {
     pub async fn close_all(&self) {
         let entries: Vec<SessionEntry> =
             self.sessions.lock().expect("sfu lock is never poisoned").drain().map(|(_, e)| e).collect();
+        Sfu::close_entries(entries).await;
+    }
+
+    /// Ends every session of `camera` (cluster mode: another node pulls it
+    /// now; the players reconnect there).
+    pub async fn close_camera(&self, camera: &str) {
+        let entries: Vec<SessionEntry> = {
+            let mut sessions = self.sessions.lock().expect("sfu lock is never poisoned");
+            let ids: Vec<SessionId> =
+                sessions.iter().filter(|(_, e)| e.camera == camera).map(|(id, _)| id.clone()).collect();
+            ids.iter().filter_map(|id| sessions.remove(id)).collect()
+        };
+        if !entries.is_empty() {
+            tracing::info!(camera, sessions = entries.len(), "ending the camera's viewer sessions on this node");
+        }
+        Sfu::close_entries(entries).await;
+    }
+
+    async fn close_entries(entries: Vec<SessionEntry>) {
         for e in &entries {
             e.cancel.cancel();
         }

@@ -1,0 +1,246 @@
+//! Cluster mode against real peers, all on loopback in a network namespace of
+//! the test's own: 3 clustered `nats-server`s (JetStream, R3), 6 real RTSP
+//! cameras (one GStreamer server each, so the test can count who pulls what
+//! from the servers' own TCP connections), 3 infercast nodes.
+//!
+//! Checked: every camera pulled by exactly one node (sampled every 100 ms
+//! from `/proc/net/tcp` for the whole test), every node answers for all six,
+//! a WHEP POST to a non-owner is redirected (307) and a Rust viewer plays
+//! through it, `kill -9` of a node → its cameras stream elsewhere within 10 s
+//! (printed) and their labels go on, the node's return takes its cameras back
+//! one at a time, and `kill -9` of a NATS server leaves the cluster working.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, NODES, established_by_port, lease_bucket_leader};
+use common::netns;
+use common::service::Infercast;
+use common::whep_client::{Offer, Viewer};
+
+const CAMERAS: usize = 6;
+
+fn latest_capture(node: &Infercast, camera: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let labels = node.get_json(&format!("/api/labels/{camera}?limit=1"));
+    let at = labels.as_array()?.last()?["captured_at"].as_str()?.to_owned();
+    chrono::DateTime::parse_from_rfc3339(&at).ok().map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// A POST that does not follow redirects: status and `Location`.
+fn post_no_redirect(url: &str, body: &str) -> (u16, Option<String>, String) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .build()
+        .new_agent();
+    let mut resp = agent.post(url).header("content-type", "application/sdp").send(body).expect("HTTP POST");
+    let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    (resp.status().as_u16(), location, body)
+}
+
+/// What the 100 ms sampler saw.
+#[derive(Default)]
+struct Samples {
+    taken: usize,
+    /// (time since start, camera index, clients) of every sample with two or more.
+    doubles: Vec<(Duration, usize, usize)>,
+}
+
+#[test]
+fn cameras_are_shared_failed_over_and_taken_back() {
+    if !netns::isolated("cameras_are_shared_failed_over_and_taken_back") {
+        return;
+    }
+    let mut cluster = Cluster::new("cluster", CAMERAS, "classify_fps = 1");
+
+    // The sampler: no camera may ever have two clients.
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (samples, stop) = (samples.clone(), stop.clone());
+        let camera_ports: Vec<u16> = cluster.cameras.iter().map(|c| c.port).collect();
+        let start = Instant::now();
+        std::thread::spawn(move || {
+            // Bounded: the test ends it; 20 minutes at most in any case.
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(1200) {
+                let counts = established_by_port();
+                let mut s = samples.lock().unwrap();
+                s.taken += 1;
+                for (i, port) in camera_ports.iter().enumerate() {
+                    let n = counts.get(port).copied().unwrap_or(0);
+                    if n > 1 {
+                        s.doubles.push((start.elapsed(), i + 1, n));
+                    }
+                }
+                drop(s);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    for i in 0..NODES.len() {
+        cluster.start_node(i);
+    }
+    let (owners, took) = cluster.wait_settled(Duration::from_secs(90), "start-up");
+    println!("cluster: 3 nodes settled in {took:.1?}: {owners:?}");
+
+    // Every node answers for the whole cluster: members and labels of all six cameras.
+    for (i, node) in cluster.live() {
+        let info = node.get_json("/api/cluster");
+        assert_eq!(info["node_id"], NODES[i]);
+        let members: BTreeSet<&str> =
+            info["members"].as_array().unwrap().iter().map(|m| m["node_id"].as_str().unwrap()).collect();
+        assert_eq!(members, NODES.iter().copied().collect(), "{info:#}");
+        let all = common::wait_until(Duration::from_secs(20), || {
+            node.get_json("/api/labels").as_array().unwrap().len() == CAMERAS
+        });
+        assert!(all.is_some(), "{}: /api/labels lacks cameras: {}", NODES[i], node.get_json("/api/labels"));
+    }
+    // History of a camera another node pulls comes from the stream.
+    let (camera, owner) = owners.iter().next().unwrap();
+    let other = (0..3).find(|&i| NODES[i] != owner.as_str()).unwrap();
+    let owner_i = NODES.iter().position(|n| n == owner).unwrap();
+    let history = cluster.nodes[other].as_ref().unwrap().get_json(&format!("/api/labels/{camera}?limit=100"));
+    assert!(!history.as_array().unwrap().is_empty(), "no history of {camera} on {}", NODES[other]);
+
+    // WHEP through a non-owner: 307 to the owner, and a Rust viewer plays.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let viewer = rt.block_on(Viewer::new(Offer::H264));
+    let non_owner = cluster.nodes[other].as_ref().unwrap();
+    let (status, location, _) = post_no_redirect(&format!("{}/whep/{camera}/raw", non_owner.base), &viewer.offer_sdp);
+    assert_eq!(status, 307, "a non-owner redirects");
+    let location = location.expect("a Location");
+    let owner_node = cluster.nodes[owner_i].as_ref().unwrap();
+    assert_eq!(location, format!("{}/whep/{camera}/raw", owner_node.base));
+    let (status, session, answer) = post_no_redirect(&location, &viewer.offer_sdp);
+    assert_eq!(status, 201, "{answer}");
+    rt.block_on(viewer.apply_answer(&answer));
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connected through the redirect");
+    let played = common::wait_until(Duration::from_secs(10), || {
+        let p = viewer.packets();
+        p.len() > 50 && p.iter().any(|p| p.nal_types.contains(&5))
+    });
+    assert!(played.is_some(), "{} packets through the redirect", viewer.packets().len());
+    let session = session.unwrap_or_default();
+    let deleted = common::whep_client::delete(&owner_node.base, &session);
+    assert!(deleted.status == 200 || deleted.status == 204, "DELETE {session}: {}", deleted.status);
+    rt.block_on(viewer.close());
+
+    // kill -9 the node with the most cameras: they stream elsewhere within 10 s.
+    let victim = (0..3).max_by_key(|&i| owners.values().filter(|o| *o == NODES[i]).count()).unwrap();
+    let moved: Vec<String> = owners.iter().filter(|(_, o)| *o == NODES[victim]).map(|(c, _)| c.clone()).collect();
+    assert!(!moved.is_empty());
+    let killed_at = chrono::Utc::now();
+    let t0 = Instant::now();
+    cluster.nodes[victim] = None; // SIGKILL
+    let mut failover: BTreeMap<String, Duration> = BTreeMap::new();
+    while failover.len() < moved.len() && t0.elapsed() < Duration::from_secs(30) {
+        let counts = established_by_port();
+        for (_, node) in cluster.live() {
+            for cam in node.get_json("/api/cameras").as_array().unwrap() {
+                let name = cam["name"].as_str().unwrap().to_owned();
+                let port = cluster.cameras[name.trim_start_matches("cam").parse::<usize>().unwrap() - 1].port;
+                let elsewhere = cam["node"].as_str().is_some_and(|n| n != NODES[victim]);
+                if moved.contains(&name) && elsewhere && cam["state"] == "streaming" && counts.get(&port) == Some(&1) {
+                    failover.entry(name).or_insert_with(|| t0.elapsed());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let worst = failover.values().max().copied().unwrap_or(Duration::MAX);
+    println!(
+        "cluster: kill -9 {} → its cameras streaming elsewhere after {failover:?} (max {worst:.1?})",
+        NODES[victim]
+    );
+    assert_eq!(failover.len(), moved.len(), "every camera of the killed node came back: {failover:?}");
+    assert!(worst <= Duration::from_secs(10), "failover took {worst:?}");
+    // Their labels go on (a label captured after the kill on a surviving node).
+    for cam in &moved {
+        let (_, survivor) = cluster.live().next().unwrap();
+        let fresh = common::wait_until(Duration::from_secs(10), || {
+            latest_capture(survivor, cam).is_some_and(|t| t > killed_at)
+        });
+        assert!(fresh.is_some(), "no label of {cam} after the failover");
+    }
+    cluster.wait_settled(Duration::from_secs(20), "after the kill");
+
+    // The node comes back and takes its cameras back, one at a time.
+    cluster.start_node(victim);
+    let mut taken_at: BTreeMap<String, Duration> = BTreeMap::new();
+    let t1 = Instant::now();
+    while taken_at.len() < moved.len() && t1.elapsed() < Duration::from_secs(60) {
+        let node = cluster.nodes[victim].as_ref().unwrap();
+        let info = node.get_json("/api/cluster");
+        for cam in info["pulling"].as_array().unwrap() {
+            taken_at.entry(cam.as_str().unwrap().to_owned()).or_insert_with(|| t1.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("cluster: {} back; took its cameras at {taken_at:?}", NODES[victim]);
+    assert_eq!(taken_at.keys().cloned().collect::<Vec<_>>(), moved, "the returning node takes its own cameras back");
+    let mut times: Vec<Duration> = taken_at.values().copied().collect();
+    times.sort();
+    for pair in times.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(200), "cameras moved together: {taken_at:?}");
+    }
+    let (back, _) = cluster.wait_settled(Duration::from_secs(30), "after the return");
+    assert_eq!(back, owners, "every camera back on its rendezvous owner");
+
+    // kill -9 one NATS server, the one leading the lease bucket (the worst
+    // one to lose: a leader election while leases are due): the nodes carry on.
+    let leader = lease_bucket_leader(&cluster.nats);
+    println!("cluster: killing nats-server n{leader} (leader of the lease bucket)");
+    let nats_killed_at = chrono::Utc::now();
+    let t2 = Instant::now();
+    cluster.nats[leader].kill();
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, took) = cluster.wait_settled(Duration::from_secs(40), "after a NATS server was killed");
+    for c in 1..=CAMERAS {
+        let (_, node) = cluster.live().next().unwrap();
+        let fresh = common::wait_until(Duration::from_secs(30), || {
+            latest_capture(node, &format!("cam{c}")).is_some_and(|t| t > nats_killed_at)
+        });
+        if fresh.is_none() {
+            let seen: Vec<String> = cluster
+                .live()
+                .map(|(i, n)| {
+                    format!(
+                        "{}: latest {:?}, connected {}, buffered {}, acked {}",
+                        NODES[i],
+                        latest_capture(n, &format!("cam{c}")),
+                        n.metric("infercast_nats_connected"),
+                        n.metric("infercast_nats_buffered"),
+                        n.metric("infercast_nats_acked_total")
+                    )
+                })
+                .collect();
+            let logs: Vec<String> = cluster.live().map(|(i, n)| format!("--- {}\n{}", NODES[i], n.log())).collect();
+            panic!(
+                "no label of cam{c} after the NATS server died ({nats_killed_at}):\n{}\n{}",
+                seen.join("\n"),
+                logs.join("\n")
+            );
+        }
+    }
+    println!(
+        "cluster: kill -9 of a NATS server: settled after {:.1?}, labels of all cameras after {:.1?}",
+        took + Duration::from_secs(1),
+        t2.elapsed()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let s = samples.lock().unwrap();
+    println!("cluster: {} samples of the cameras' connections, {} with two clients", s.taken, s.doubles.len());
+    assert!(s.taken > 100, "the sampler ran");
+    assert!(s.doubles.is_empty(), "a camera had two clients: {:?}", s.doubles);
+}
