@@ -15,6 +15,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -243,4 +245,72 @@ fn cameras_are_shared_failed_over_and_taken_back() {
     println!("cluster: {} samples of the cameras' connections, {} with two clients", s.taken, s.doubles.len());
     assert!(s.taken > 100, "the sampler ran");
     assert!(s.doubles.is_empty(), "a camera had two clients: {:?}", s.doubles);
+}
+
+/// The page of node-a in Chromium (`tests/browser/cluster.mjs`): all six
+/// cameras play (four or so from other nodes, through their advertised
+/// URLs), each tile names its node, and after `kill -9` of another node its
+/// cameras' tiles play again from their new node by themselves.
+#[test]
+fn the_page_of_one_node_plays_every_camera_and_follows_a_move() {
+    if !netns::isolated("the_page_of_one_node_plays_every_camera_and_follows_a_move") {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let dir = common::repo().join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core/package.json").is_file() && Path::new("/usr/bin/chromium").is_file(),
+        "chromium or the node modules are missing: run scripts/setup --tests"
+    );
+    let mut cluster = Cluster::new("cluster-browser", CAMERAS, "classify_fps = 1");
+    for i in 0..NODES.len() {
+        cluster.start_node(i);
+    }
+    let (owners, _) = cluster.wait_settled(Duration::from_secs(90), "start-up");
+    let artifacts = common::repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let base = cluster.nodes[0].as_ref().unwrap().base.clone();
+    let mut script = Command::new("node")
+        .arg(dir.join("cluster.mjs"))
+        .arg(&base)
+        .arg(&artifacts)
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node starts");
+    let mut stdin = script.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = script.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_event = |want: &str| -> serde_json::Value {
+        let line = rx.recv_timeout(Duration::from_secs(150)).expect("cluster.mjs answers within 150 s");
+        println!("cluster.mjs: {line}");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert_eq!(event["event"], want, "{event}");
+        event
+    };
+    let playing = next_event("playing");
+    for (camera, node) in &owners {
+        assert_eq!(playing["nodes"][camera], node.as_str(), "the tile of {camera} names its node");
+    }
+    // Kill a node other than the page's own, one that pulls cameras.
+    let victim = (1..3).find(|&i| owners.values().any(|o| o == NODES[i])).expect("node-b or node-c pulls a camera");
+    cluster.nodes[victim] = None; // SIGKILL
+    writeln!(stdin, "{}", NODES[victim]).and_then(|()| stdin.flush()).unwrap();
+    let followed = next_event("followed");
+    for (camera, node) in followed["nodes"].as_object().unwrap() {
+        assert_ne!(node, NODES[victim], "{camera} still shown on the dead node");
+    }
+    println!("cluster: the page followed {}'s cameras to their new nodes in {} ms", NODES[victim], followed["ms"]);
+    drop(stdin);
+    let status = script.wait().unwrap();
+    assert!(status.success(), "cluster.mjs failed");
 }

@@ -8,11 +8,9 @@
 // ready_for_restart. Every wait is bounded; the first failed check ends the
 // run (exit 1) after a screenshot of the failure.
 
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [base, artifactDir] = process.argv.slice(2);
 /** A view token (env INFERCAST_TOKEN): the page must log in with it. */
@@ -21,23 +19,6 @@ if (!base || !artifactDir) {
   console.error('usage: node e2e.mjs BASE_URL ARTIFACT_DIR');
   process.exit(2);
 }
-const CHROMIUM = '/usr/bin/chromium';
-/** Chromium honours only its last --disable-features: ours is merged with Playwright's. */
-const OUR_DISABLED_FEATURES = ['WebRtcHideLocalIpsWithMdns'];
-const ARGS = [
-  '--allow-loopback-in-peer-connection',
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-// Over HTTPS (tests/browser.rs serves with a test certificate): trust exactly
-// that certificate's key (env INFERCAST_SPKI, base64 SHA-256 of its SPKI);
-// node's own fetch trusts it through NODE_EXTRA_CA_CERTS.
-if (process.env.INFERCAST_SPKI) ARGS.push(`--ignore-certificate-errors-spki-list=${process.env.INFERCAST_SPKI}`);
 const RUN_TIMEOUT_MS = 170_000;
 /** Paths of the DELETE requests the page sent (WHEP sessions it ended), and their statuses. */
 const deletes = [];
@@ -83,27 +64,6 @@ async function nextStdinLine(timeoutMs) {
   const line = await Promise.race([stdinLines.next(), sleep(timeoutMs).then(() => null)]);
   if (!line || line.done) throw new Error(`no line on stdin within ${timeoutMs} ms`);
   return line.value.trim();
-}
-
-/** The browser's command line, as chrome://version shows it. */
-async function commandLine(context) {
-  const page = await context.newPage();
-  try {
-    await page.goto('chrome://version', { timeout: 10_000 });
-    return (await page.textContent('#command_line', { timeout: 5000 })).trim().split(/\s+/);
-  } finally {
-    await page.close();
-  }
-}
-
-/** Playwright's own `--disable-features=...` switch, read from a probe launch. */
-async function playwrightDisableFeatures() {
-  const probe = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 30_000 });
-  try {
-    return (await commandLine(probe)).filter((a) => a.startsWith('--disable-features='));
-  } finally {
-    await probe.close();
-  }
 }
 
 // ---- page helpers (run in the browser) ------------------------------------
@@ -181,23 +141,10 @@ async function switchTrack(page, camera, track, width) {
 async function run(browserSlot) {
   // One --disable-features with Playwright's features and ours, checked on the running browser.
   await check('browser_flags', async () => {
-    const playwrightFlags = await playwrightDisableFeatures();
-    const features = playwrightFlags.flatMap((f) => f.slice('--disable-features='.length).split(','));
-    const merged = `--disable-features=${[...new Set([...features, ...OUR_DISABLED_FEATURES])].join(',')}`;
-    // A fresh profile (user-data-dir) for this run, removed at the end.
-    browserSlot.profile = await mkdtemp(join(tmpdir(), 'infercast-e2e-'));
-    browserSlot.browser = await chromium.launchPersistentContext(browserSlot.profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      ignoreDefaultArgs: playwrightFlags, // replaced by the merged one
-      args: [...ARGS, merged],
-      viewport: { width: 1280, height: 400 },
-      timeout: 30_000,
-    });
-    const flags = (await commandLine(browserSlot.browser)).filter((a) => a.startsWith('--disable-features='));
-    if (flags.length !== 1 || flags[0] !== merged) {
-      throw new Error(`expected exactly ${merged}, the browser runs with: ${flags.join(' ')}`);
-    }
+    const launched = await launch();
+    browserSlot.browser = launched.context;
+    browserSlot.close = launched.close;
+    const merged = launched.disableFeatures;
     return { disable_features: merged };
   });
   const browser = browserSlot.browser;
@@ -384,8 +331,7 @@ try {
     await shot.then(() => emit({ event: 'screenshot', path }), () => {});
   }
 } finally {
-  await slot.browser?.close().catch(() => {});
-  if (slot.profile) await rm(slot.profile, { recursive: true, force: true });
+  await slot.close?.();
   clearTimeout(watchdog);
 }
 emit({ event: 'done', ok: code === 0 });
