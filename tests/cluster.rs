@@ -141,23 +141,7 @@ fn cameras_are_shared_failed_over_and_taken_back() {
     let moved: Vec<String> = owners.iter().filter(|(_, o)| *o == NODES[victim]).map(|(c, _)| c.clone()).collect();
     assert!(!moved.is_empty());
     let killed_at = chrono::Utc::now();
-    let t0 = Instant::now();
-    cluster.nodes[victim] = None; // SIGKILL
-    let mut failover: BTreeMap<String, Duration> = BTreeMap::new();
-    while failover.len() < moved.len() && t0.elapsed() < Duration::from_secs(30) {
-        let counts = established_by_port();
-        for (_, node) in cluster.live() {
-            for cam in node.get_json("/api/cameras").as_array().unwrap() {
-                let name = cam["name"].as_str().unwrap().to_owned();
-                let port = cluster.cameras[name.trim_start_matches("cam").parse::<usize>().unwrap() - 1].port;
-                let elsewhere = cam["node"].as_str().is_some_and(|n| n != NODES[victim]);
-                if moved.contains(&name) && elsewhere && cam["state"] == "streaming" && counts.get(&port) == Some(&1) {
-                    failover.entry(name).or_insert_with(|| t0.elapsed());
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let failover = cluster.kill_and_time_failover(victim, &moved, Duration::from_secs(30));
     let worst = failover.values().max().copied().unwrap_or(Duration::MAX);
     println!(
         "cluster: kill -9 {} → its cameras streaming elsewhere after {failover:?} (max {worst:.1?})",

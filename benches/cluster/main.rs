@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::cluster::{Cluster, NODES, established_by_port};
+use common::cluster::{Cluster, NODES};
 use infercast::bus::{Bus, NatsAuth, NatsConfig};
 use infercast::infer::ClassScore;
 use infercast::labels::{Label, LabelStore};
@@ -194,23 +194,7 @@ fn failover_and_join(cluster: &mut Cluster, kills: usize) {
         let (owners, _) = cluster.wait_settled(Duration::from_secs(60), "before a kill");
         let victim = (0..3).max_by_key(|&i| owners.values().filter(|o| *o == NODES[i]).count()).unwrap();
         let moved: Vec<String> = owners.iter().filter(|(_, o)| *o == NODES[victim]).map(|(c, _)| c.clone()).collect();
-        let t0 = Instant::now();
-        cluster.nodes[victim] = None; // SIGKILL
-        let mut back: BTreeMap<String, Duration> = BTreeMap::new();
-        while back.len() < moved.len() && t0.elapsed() < Duration::from_secs(30) {
-            let counts = established_by_port();
-            for (_, node) in cluster.live() {
-                for cam in node.get_json("/api/cameras").as_array().unwrap() {
-                    let name = cam["name"].as_str().unwrap().to_owned();
-                    let idx = name.trim_start_matches("cam").parse::<usize>().unwrap() - 1;
-                    let single = counts.get(&cluster.cameras[idx].port) == Some(&1);
-                    if moved.contains(&name) && cam["state"] == "streaming" && single && cam["node"] != NODES[victim] {
-                        back.entry(name).or_insert_with(|| t0.elapsed());
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let back = cluster.kill_and_time_failover(victim, &moved, Duration::from_secs(30));
         let worst = back.values().max().copied().unwrap_or(Duration::from_secs(30));
         failovers.push(worst);
         let t1 = Instant::now();

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use infercast::cluster::plan::{self, MemberInfo};
+
 use super::rtsp::{CLIP_640X272, RtspServer};
 use super::service::Infercast;
 
@@ -159,10 +161,14 @@ impl Cluster {
         self.nodes.iter().enumerate().filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
     }
 
-    /// Camera → node, when every live node lists all six cameras streaming on
-    /// the same live node, and each camera's server has exactly one client.
+    /// Camera → node, when every live node lists every camera streaming on
+    /// its rendezvous owner among the live nodes (the same on each), and each
+    /// camera's server has exactly one client.
     pub fn settled(&self) -> Option<BTreeMap<String, String>> {
         let live: BTreeSet<&str> = self.live().map(|(i, _)| NODES[i]).collect();
+        // Where rendezvous hashing over the live nodes puts each camera.
+        let members: BTreeMap<String, MemberInfo> =
+            live.iter().map(|n| (n.to_string(), MemberInfo { ready: true, ..MemberInfo::default() })).collect();
         let mut agreed: Option<BTreeMap<String, String>> = None;
         for (_, node) in self.live() {
             let r = node.get("/api/cameras");
@@ -177,7 +183,7 @@ impl Cluster {
             let mut owners = BTreeMap::new();
             for c in cams {
                 let owner = c["node"].as_str()?;
-                if c["state"] != "streaming" || !live.contains(owner) {
+                if c["state"] != "streaming" || plan::owner(c["name"].as_str()?, &members) != Some(owner) {
                     return None;
                 }
                 owners.insert(c["name"].as_str()?.to_owned(), owner.to_owned());
@@ -193,6 +199,41 @@ impl Cluster {
 
     pub fn ports_all_single(&self, counts: &BTreeMap<u16, usize>) -> bool {
         self.cameras.iter().all(|c| counts.get(&c.port) == Some(&1))
+    }
+
+    /// `kill -9` of node `victim` (which pulls `moved`), then the time from
+    /// the kill until each of those cameras streams on another node with
+    /// exactly one RTSP client (polled every 50 ms, at most `within`).
+    pub fn kill_and_time_failover(
+        &mut self,
+        victim: usize,
+        moved: &[String],
+        within: Duration,
+    ) -> BTreeMap<String, Duration> {
+        let t0 = Instant::now();
+        self.nodes[victim] = None; // SIGKILL
+        let mut back = BTreeMap::new();
+        while back.len() < moved.len() && t0.elapsed() < within {
+            let counts = established_by_port();
+            for (_, node) in self.live() {
+                let reply = node.get("/api/cameras");
+                let cams = if reply.status == 200 { reply.json() } else { continue };
+                for cam in cams.as_array().into_iter().flatten() {
+                    let Some(name) = cam["name"].as_str() else { continue };
+                    let Some(idx) = name.trim_start_matches("cam").parse::<usize>().ok().and_then(|i| i.checked_sub(1))
+                    else {
+                        continue;
+                    };
+                    let single = self.cameras.get(idx).is_some_and(|c| counts.get(&c.port) == Some(&1));
+                    let elsewhere = cam["node"].as_str().is_some_and(|n| n != NODES[victim]);
+                    if moved.iter().any(|m| m == name) && elsewhere && cam["state"] == "streaming" && single {
+                        back.entry(name.to_owned()).or_insert_with(|| t0.elapsed());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        back
     }
 
     pub fn wait_settled(&self, within: Duration, what: &str) -> (BTreeMap<String, String>, Duration) {
