@@ -156,7 +156,9 @@ fn serve(config: Config) -> Result<ExitCode, String> {
         });
         app::serve(config, cancel, |addr, https| {
             let scheme = if https { "https" } else { "http" };
-            eprintln!(
+            // Not eprintln!: it panics when stderr is a closed pipe.
+            let _ = writeln!(
+                std::io::stderr(),
                 "infercast: serving {} on {scheme}://{addr}/ (labels: {scheme}://{addr}/api/labels)",
                 cameras.join(", ")
             );

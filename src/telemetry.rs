@@ -27,6 +27,11 @@ pub fn init_logging(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // A line that cannot be written (stderr closed: a log collector died)
+        // is dropped. With internal-error logging on, tracing-subscriber would
+        // `eprint!` about it, which panics on a broken pipe and takes the task
+        // that logged with it (the SIGTERM handler's, before it cancels).
+        .log_internal_errors(false)
         .try_init();
 }
 

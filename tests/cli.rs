@@ -176,3 +176,42 @@ fn malformed_config_names_line_and_column() {
     let run = infercast(&["--config", &cfg, "classify", coffee.to_str().unwrap()], &[]);
     assert_clear_error(&run, &["infercast.toml", "line 3, column 1", "unknown field `modle`"]);
 }
+
+/// A log collector that dies (stderr a closed pipe) must not keep SIGTERM
+/// from stopping the server: log lines are dropped, not panicked over.
+#[test]
+fn sigterm_stops_the_server_after_its_stderr_reader_died() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infercast"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("INFERCAST_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("infercast starts");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let t = Instant::now();
+    while !line.contains("serving") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0 && t.elapsed() < Duration::from_secs(60), "no serving line");
+    }
+    drop(stderr); // the reader dies: every later log line hits a broken pipe
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("infercast still ran 5 s after SIGTERM with its stderr closed");
+}
