@@ -163,6 +163,7 @@ pub async fn serve(
         server_names: Arc::new(config.http.server_names.clone()),
         limits: limits.clone(),
         https: tls.is_some(),
+        rooms: crate::rooms::Rooms::new(config.limits.clone()),
     };
     on_listening(addr, tls.is_some());
     let options = api::server::ServeOptions {

@@ -193,6 +193,12 @@ pub struct LimitsConfig {
     /// keyframe (PLI), all sessions together, bits/s (default 50000000);
     /// each session resends at most once a second.
     pub gop_resend_bps: u64,
+    /// Chat messages kept per camera room and replayed to a new listener (default 100).
+    pub chat_history: usize,
+    /// Longest chat message, in characters (default 500; 422 beyond).
+    pub chat_message_chars: usize,
+    /// Chat messages one client IP may post to one room per 10 s (default 5; 429 beyond).
+    pub chat_messages_per_10s: usize,
 }
 
 impl Default for LimitsConfig {
@@ -205,6 +211,9 @@ impl Default for LimitsConfig {
             snapshots_in_flight_per_camera: 2,
             http_connections: 1024,
             gop_resend_bps: 50_000_000,
+            chat_history: 100,
+            chat_message_chars: 500,
+            chat_messages_per_10s: 5,
         }
     }
 }
@@ -224,6 +233,9 @@ impl LimitsConfig {
             ("limits.sse_streams", self.sse_streams, 100_000),
             ("limits.snapshots_in_flight_per_camera", self.snapshots_in_flight_per_camera, 64),
             ("limits.http_connections", self.http_connections, 100_000),
+            ("limits.chat_history", self.chat_history, 10_000),
+            ("limits.chat_message_chars", self.chat_message_chars, 10_000),
+            ("limits.chat_messages_per_10s", self.chat_messages_per_10s, 1000),
         ] {
             if !(1..=hi).contains(&value) {
                 return Err(format!("{key} = {value} is out of range 1..={hi}"));

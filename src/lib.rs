@@ -22,5 +22,6 @@ pub mod labels;
 pub mod media;
 pub mod overlay;
 pub mod pipeline;
+pub mod rooms;
 pub mod sfu;
 pub mod telemetry;

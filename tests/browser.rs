@@ -32,6 +32,7 @@ const CHECKS: &[&str] = &[
     "page_loads_one_tile_per_camera",
     "every_tile_plays",
     "labels_match_api",
+    "chat_in_focus",
     "switch_to_annotated",
     "screenshot",
     "switch_back_to_raw",

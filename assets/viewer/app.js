@@ -3,6 +3,7 @@
 // their tiles, and ends every video session when the page goes away.
 
 import { AuthError, getJson, hasToken, login, watchLabels } from './api.js';
+import { ChatPanel } from './chat.js';
 import { Tile } from './tile.js';
 
 const POLL_MS = 2000;
@@ -17,6 +18,16 @@ const latestLabels = new Map();
 let iceServers = [];
 /** Cluster mode: the id of the node serving this page (`/api/cluster`), else null. */
 let thisNode = null;
+const chat = new ChatPanel(document.getElementById('chat'));
+let focused = null;
+
+/** Puts `tile` in focus: its room's chat opens beside the grid. */
+function focus(tile) {
+  focused?.element.classList.remove('focused');
+  focused = tile;
+  tile.element.classList.add('focused');
+  chat.focus(tile.name, tile.base);
+}
 
 function setSummary(text, ok) {
   summary.textContent = text;
@@ -42,14 +53,16 @@ function sync(cameras) {
     let tile = tiles.get(camera.name);
     if (tile) {
       tile.update(camera);
+      if (tile === focused) chat.focus(tile.name, tile.base); // follows a camera that moved node
     } else {
-      tile = new Tile(camera, { iceServers, thisNode });
+      tile = new Tile(camera, { iceServers, thisNode, onFocus: focus });
       tiles.set(camera.name, tile);
       const label = latestLabels.get(camera.name);
       if (label) tile.showLabel(label);
     }
     grid.append(tile.element); // keeps the API's order; a no-op when already in place
   }
+  if (!focused && tiles.size > 0) focus(tiles.values().next().value);
   if (cameras.length === 0) {
     const empty = Object.assign(document.createElement('p'), { className: 'empty', textContent: 'No cameras.' });
     grid.replaceChildren(empty);

@@ -6,12 +6,15 @@
 // Test hooks: <section class="tile" data-camera data-track data-state
 // data-video (player phase) data-retries data-first-frame-ms (WHEP POST →
 // first decoded frame) data-node (cluster mode: the node serving it)>,
-// buttons [data-track-button], and .label[data-label][data-score].
+// buttons [data-track-button], .label[data-label][data-score] and
+// .viewers[data-viewers] (viewer sessions of the camera, both tracks).
+// Clicking a tile puts it in focus (its room's chat opens: app.js).
 //
 // Cluster mode: the tile names the node that pulls the camera, sends its
 // WHEP offer straight to that node's advertised URL, and reconnects there
 // when the camera moves to another node.
 
+import { displayName } from './chat.js';
 import { Player } from './player.js';
 
 const TRACKS = ['raw', 'annotated'];
@@ -63,8 +66,11 @@ export class Tile {
 
   #thisNode;
 
-  /** `thisNode`: the id of the cluster node serving this page (null outside cluster mode). */
-  constructor(camera, { iceServers, track, thisNode = null }) {
+  /**
+   * `thisNode`: the id of the cluster node serving this page (null outside
+   * cluster mode); `onFocus(tile)`: the user clicked the tile.
+   */
+  constructor(camera, { iceServers, track, thisNode = null, onFocus = () => {} }) {
     this.#camera = camera;
     this.#thisNode = thisNode;
     const video = el('video', { autoplay: '', muted: '', playsinline: '' });
@@ -75,6 +81,7 @@ export class Tile {
       buttons,
       badge: el('span', { class: 'badge' }),
       node: el('span', { class: 'node', hidden: '' }),
+      viewers: el('span', { class: 'viewers', title: 'viewer sessions' }),
       label: el('div', { class: 'label' }, el('span', { class: 'label-name' }), el('span', { class: 'label-score' })),
       notice: el(
         'div',
@@ -94,11 +101,13 @@ export class Tile {
         el('h2', {}, camera.name),
         this.#parts.badge,
         this.#parts.node,
+        this.#parts.viewers,
         el('div', { class: 'switch', role: 'group', 'aria-label': 'track' }, ...buttons),
       ),
       el('div', { class: 'screen' }, video, this.#parts.label, this.#parts.notice),
       this.#parts.stats,
     );
+    this.element.addEventListener('click', () => onFocus(this));
     for (const b of buttons) {
       b.addEventListener('click', () => {
         this.#trackChosen = true;
@@ -106,15 +115,25 @@ export class Tile {
       });
     }
 
-    // Cluster mode: the node that pulls the camera, unless it is the one serving this page.
     const endpointFor = (t) => {
-      const { node, node_url: url } = this.#camera;
-      const base = url && node !== this.#thisNode ? url : '';
-      return `${base}/whep/${encodeURIComponent(camera.name)}/${t}`;
+      const name = displayName();
+      const query = name ? `?name=${encodeURIComponent(name)}` : '';
+      return `${this.base}/whep/${encodeURIComponent(camera.name)}/${t}${query}`;
     };
     this.#player = new Player(video, { endpointFor, iceServers, onChange: () => this.#renderVideo() });
     this.update(camera);
     this.setTrack(track ?? defaultTrack(camera));
+  }
+
+  /** The camera's name. */
+  get name() {
+    return this.#camera.name;
+  }
+
+  /** Where the camera's WHEP and room endpoints are: in cluster mode the node that pulls it, unless it is this page's. */
+  get base() {
+    const { node, node_url: url } = this.#camera;
+    return url && node !== this.#thisNode ? url : '';
   }
 
   /** Switches the video to `track` (`raw` or `annotated`) without reloading anything. */
@@ -141,6 +160,9 @@ export class Tile {
     this.#camera = camera;
     this.#offline = false;
     this.#renderNode(camera);
+    const viewers = Object.values(camera.viewers ?? {}).reduce((a, b) => a + b, 0);
+    this.#parts.viewers.dataset.viewers = String(viewers);
+    this.#parts.viewers.textContent = `${viewers} watching`;
     // The camera moved to another node: follow it there (the old node ends its sessions anyway).
     if (camera.node && movedFrom && camera.node !== movedFrom && this.#player.phase !== 'stopped') {
       this.#player.play(this.element.dataset.track);

@@ -6,6 +6,7 @@ mod error;
 pub mod limits;
 pub mod listener;
 pub mod openapi;
+mod rooms;
 pub mod server;
 mod snapshot;
 pub mod tls;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub limits: limits::Limits,
     /// Served over HTTPS (`[tls]`): the session cookie is marked `Secure`.
     pub https: bool,
+    /// Every camera's room: viewers, chat.
+    pub rooms: Arc<crate::rooms::Rooms>,
 }
 
 impl AppState {
@@ -109,6 +112,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
         .routes(routes!(openapi::document))
         .merge(whep::routes())
+        .merge(rooms::routes())
         .merge(viewer::routes())
 }
 

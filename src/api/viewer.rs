@@ -21,6 +21,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("player.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/player.js")),
     ("stats.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/stats.js")),
     ("whep.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/whep.js")),
+    ("chat.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/chat.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../../assets/viewer/style.css")),
 ];
 

@@ -7,7 +7,7 @@
 use axum::body::Bytes;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
@@ -64,9 +64,17 @@ async fn preflight_session() -> Response {
     preflight().await
 }
 
+/// The WHEP POST's query.
+#[derive(serde::Deserialize, Default)]
+pub(super) struct WhepQuery {
+    /// The viewer's display name in the camera's room (`viewers`, chat joins).
+    name: Option<String>,
+}
+
 /// `POST` an SDP offer: a viewer session sending the track.
 #[utoipa::path(post, path = "/whep/{camera}/{track}", tag = "whep", security(("bearer" = [])),
-    params(("camera" = String, Path, description = "Camera name"), ("track" = String, Path, description = "`raw` or `annotated`")),
+    params(("camera" = String, Path, description = "Camera name"), ("track" = String, Path, description = "`raw` or `annotated`"),
+        ("name" = Option<String>, Query, description = "Display name in the camera's room (≤ 40 characters; default `viewer-N`)")),
     request_body(content = String, content_type = "application/sdp", description = "SDP offer with H.264 video (≤ 64 KiB, ≤ 16 media sections, ≤ 256 formats)"),
     responses(
         (status = 201, description = "SDP answer with every candidate; `Location` (the session, for DELETE), `ETag`, \
@@ -84,13 +92,15 @@ async fn preflight_session() -> Response {
 async fn create(
     State(state): State<AppState>,
     Path((camera, track)): Path<(String, String)>,
+    Query(query): Query<WhepQuery>,
     client: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     // Every connection has its address (api::server); a router driven without one counts as loopback.
     let ip = client.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.0.ip());
-    match create_inner(&state, &camera, &track, ip, &headers, &body).await {
+    let name = query.name;
+    match create_inner(&state, &camera, &track, name.as_deref(), ip, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -100,6 +110,7 @@ async fn create_inner(
     state: &AppState,
     camera: &str,
     track: &str,
+    name: Option<&str>,
     client_ip: std::net::IpAddr,
     headers: &HeaderMap,
     body: &[u8],
@@ -109,7 +120,7 @@ async fn create_inner(
     if let Some(cluster) = &state.cluster
         && !cam.is_active()
     {
-        return Ok(to_owner(cluster, camera, kind));
+        return Ok(to_owner(cluster, camera, kind, name));
     }
     if kind == TrackKind::Raw && cam.status().codec.as_deref().is_some_and(|c| c != "H.264") {
         return Err(ApiError::new(
@@ -140,8 +151,14 @@ async fn create_inner(
         Ok(slot) => slot,
         Err(refused) => return Ok(refused.into_response()),
     };
-    let session =
-        state.sfu.create_session(camera, cam.tracks.clone(), kind, offer, Box::new(slot)).await.map_err(sfu_error)?;
+    // The session holds its limit slot and its place in the room: both end with it.
+    let (member, room) = state.rooms.member(camera, name, kind, client_ip);
+    let session = state
+        .sfu
+        .create_session(camera, cam.tracks.clone(), kind, offer, Box::new((slot, member)))
+        .await
+        .map_err(sfu_error)?;
+    room.joined();
     let location = format!("/whep/{camera}/{}/{}", kind.as_str(), session.id);
     let mut r = (StatusCode::CREATED, session.answer_sdp).into_response();
     let h = r.headers_mut();
@@ -161,10 +178,13 @@ async fn create_inner(
 /// Cluster mode, for a camera this node does not pull: `307 Temporary
 /// Redirect` to the same endpoint on the node that does (307 keeps the
 /// method and the offer), or 503 while the camera is between nodes.
-fn to_owner(cluster: &crate::cluster::Cluster, camera: &str, kind: TrackKind) -> Response {
+fn to_owner(cluster: &crate::cluster::Cluster, camera: &str, kind: TrackKind, name: Option<&str>) -> Response {
     match cluster.owner(camera) {
         Some((node, url)) if node != cluster.node_id() => {
-            let location = format!("{url}/whep/{camera}/{}", kind.as_str());
+            let query = name.map_or(String::new(), |n| {
+                format!("?name={}", percent_encoding::utf8_percent_encode(n, percent_encoding::NON_ALPHANUMERIC))
+            });
+            let location = format!("{url}/whep/{camera}/{}{query}", kind.as_str());
             tracing::debug!(camera, %node, "WHEP offer redirected to the camera's node");
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
             if let Ok(v) = HeaderValue::from_str(&location) {

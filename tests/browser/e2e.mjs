@@ -232,6 +232,28 @@ async function run(browserSlot) {
 
   const first = names[0];
   await page.evaluate(() => { window.__e2eNoReload = 'still here'; });
+  await check('chat_in_focus', async () => {
+    // Clicking a tile opens its room; a message posted from the page comes back as text.
+    const camera = names[names.length - 1];
+    await page.click(`${tileSel(camera)} h2`);
+    await waitFor('the chat panel of the clicked camera', 5000, () =>
+      page.$eval('#chat', (c, cam) => !c.hidden && c.dataset.camera === cam, camera),
+    );
+    const text = `<i>hi</i> from the page ${Date.now()}`;
+    await page.fill('#chat [name=name]', 'e2e');
+    await page.fill('#chat [name=text]', text);
+    await page.click('#chat button[type=submit]');
+    const shown = await waitFor('the message in the chat log', 5000, () =>
+      page.$$eval('#chat li[data-type=chat]', (items, want) => {
+        const li = items.find((i) => i.textContent.includes(want));
+        return li && { text: li.textContent, markup: li.querySelector('i') != null };
+      }, text),
+    );
+    if (shown.markup) throw new Error(`the message was rendered as markup: ${shown.text}`);
+    const viewers = await page.$eval(`${tileSel(camera)} .viewers`, (v) => Number(v.dataset.viewers));
+    if (!(viewers >= 1)) throw new Error(`the tile shows ${viewers} viewers while the page watches it`);
+    return { camera, shown: shown.text, viewers };
+  });
   await check('switch_to_annotated', () => switchTrack(page, first, 'annotated', widthOf[first]));
 
   await check('screenshot', async () => {
