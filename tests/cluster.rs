@@ -149,9 +149,13 @@ fn cameras_are_shared_failed_over_and_taken_back() {
     );
     assert_eq!(failover.len(), moved.len(), "every camera of the killed node came back: {failover:?}");
     assert!(worst <= Duration::from_secs(10), "failover took {worst:?}");
-    // Their labels go on (a label captured after the kill on a surviving node).
+    // Their labels go on, in the stream: a label captured after the kill, seen
+    // on a surviving node that does not pull the camera (it reads the stream).
     for cam in &moved {
-        let (_, survivor) = cluster.live().next().unwrap();
+        let (_, survivor) = cluster
+            .live()
+            .find(|(i, n)| n.get_json(&format!("/api/cameras/{cam}"))["node"] != NODES[*i])
+            .expect("a surviving node that does not pull the camera");
         let fresh = common::wait_until(Duration::from_secs(10), || {
             latest_capture(survivor, cam).is_some_and(|t| t > killed_at)
         });
