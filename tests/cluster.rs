@@ -52,8 +52,8 @@ fn post_no_redirect(url: &str, body: &str) -> (u16, Option<String>, String) {
 #[derive(Default)]
 struct Samples {
     taken: usize,
-    /// (time since start, camera index, clients) of every sample with two or more.
-    doubles: Vec<(Duration, usize, usize)>,
+    /// (time since start, camera index, clients, their pids) of every sample with two or more.
+    doubles: Vec<(Duration, usize, usize, Vec<u32>)>,
 }
 
 #[test]
@@ -79,7 +79,7 @@ fn cameras_are_shared_failed_over_and_taken_back() {
                 for (i, port) in camera_ports.iter().enumerate() {
                     let n = counts.get(port).copied().unwrap_or(0);
                     if n > 1 {
-                        s.doubles.push((start.elapsed(), i + 1, n));
+                        s.doubles.push((start.elapsed(), i + 1, n, common::cluster::client_pids(*port)));
                     }
                 }
                 drop(s);
@@ -232,7 +232,19 @@ fn cameras_are_shared_failed_over_and_taken_back() {
     let s = samples.lock().unwrap();
     println!("cluster: {} samples of the cameras' connections, {} with two clients", s.taken, s.doubles.len());
     assert!(s.taken > 100, "the sampler ran");
-    assert!(s.doubles.is_empty(), "a camera had two clients: {:?}", s.doubles);
+    if !s.doubles.is_empty() {
+        let pids: Vec<String> = cluster.live().map(|(i, n)| format!("{}={}", NODES[i], n.pid())).collect();
+        let cluster_lines = |log: &str| -> String {
+            log.lines()
+                .filter(|l| l.contains("cluster:") || l.contains("pulls the camera") || l.contains("standing by"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut logs: Vec<String> =
+            cluster.dead_logs.iter().map(|(n, l)| format!("--- {n} (killed)\n{}", cluster_lines(l))).collect();
+        logs.extend(cluster.live().map(|(i, n)| format!("--- {}\n{}", NODES[i], cluster_lines(&n.log()))));
+        panic!("a camera had two clients: {:?}; live pids {pids:?}\n{}", s.doubles, logs.join("\n"));
+    }
 }
 
 /// The page of node-a in Chromium (`tests/browser/cluster.mjs`): all six

@@ -113,6 +113,8 @@ pub struct Cluster {
     pub cameras: Vec<RtspServer>,
     ports: Vec<u16>,
     pub nodes: Vec<Option<Infercast>>,
+    /// Logs of nodes killed so far, `(node, log)`.
+    pub dead_logs: Vec<(String, String)>,
     /// Extra lines of every `[[camera]]` table (e.g. `classify_fps = 1`).
     camera_options: String,
 }
@@ -124,8 +126,15 @@ impl Cluster {
         let nats = nats_cluster(&dir);
         let cameras = (0..cameras).map(|_| RtspServer::start(&[("/cam", CLIP_640X272)], None)).collect();
         let ports = NODES.iter().map(|_| free_port()).collect();
-        let c =
-            Cluster { dir, nats, cameras, ports, nodes: vec![None, None, None], camera_options: camera_options.into() };
+        let c = Cluster {
+            dir,
+            nats,
+            cameras,
+            ports,
+            nodes: vec![None, None, None],
+            dead_logs: Vec::new(),
+            camera_options: camera_options.into(),
+        };
         c.write_configs();
         c
     }
@@ -211,7 +220,9 @@ impl Cluster {
         within: Duration,
     ) -> BTreeMap<String, Duration> {
         let t0 = Instant::now();
-        self.nodes[victim] = None; // SIGKILL
+        if let Some(node) = self.nodes[victim].take() {
+            self.dead_logs.push((NODES[victim].to_owned(), node.log()));
+        } // dropped: SIGKILL
         let mut back = BTreeMap::new();
         while back.len() < moved.len() && t0.elapsed() < within {
             let counts = established_by_port();
@@ -273,4 +284,32 @@ pub fn lease_bucket_leader(servers: &[NatsServer]) -> usize {
         .expect("stream info within 10 s")
     });
     name.trim_start_matches('n').parse().unwrap()
+}
+
+/// Pids owning the client side of ESTABLISHED TCP connections to `port`
+/// (from /proc/net/tcp* and /proc/*/fd), for diagnosing a second client.
+pub fn client_pids(port: u16) -> Vec<u32> {
+    let mut inodes = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote = f.get(2).and_then(|r| r.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if f.len() > 9 && f[3] == "01" && remote == Some(port) {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let fds = std::fs::read_dir(entry.path().join("fd")).into_iter().flatten().flatten();
+        if fds
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|l| inodes.iter().any(|i| l.to_string_lossy() == *i))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
 }
