@@ -21,9 +21,8 @@ pub struct ClusterConfig {
     /// in ms (default 3000; renewed every `tick_ms`).
     pub node_ttl_ms: u64,
     /// A camera lease not renewed for this long expires and another node may
-    /// take the camera, in ms (default 5000). The holder stops pulling before
-    /// then if it cannot renew, so no two nodes pull one camera for longer
-    /// than this.
+    /// take the camera, in ms (default 5000; at least 6 × `tick_ms`). The
+    /// holder stops pulling four ticks before then if it cannot renew.
     pub lease_ttl_ms: u64,
     /// How often a node renews its keys, reads the others' and rebalances, in
     /// ms (default 500).
@@ -96,8 +95,12 @@ impl ClusterConfig {
                 return Err(format!("{key} = {value} is out of range {lo}..={hi}"));
             }
         }
-        if self.node_ttl_ms < 2 * self.tick_ms || self.lease_ttl_ms < 2 * self.tick_ms {
-            return Err("cluster.node_ttl_ms and cluster.lease_ttl_ms must be at least twice cluster.tick_ms".into());
+        if self.node_ttl_ms < 2 * self.tick_ms {
+            return Err("cluster.node_ttl_ms must be at least twice cluster.tick_ms".into());
+        }
+        // A holder stops four ticks before its lease could expire (node.rs).
+        if self.lease_ttl_ms < 6 * self.tick_ms {
+            return Err("cluster.lease_ttl_ms must be at least 6 × cluster.tick_ms".into());
         }
         Ok(())
     }
@@ -128,7 +131,8 @@ mod tests {
             (node("a", "http://u:p@h"), "credentials"),
             (node("a", "http://h/x"), "no path"),
             (ClusterConfig { tick_ms: 10, ..node("a", "http://h") }, "cluster.tick_ms"),
-            (ClusterConfig { lease_ttl_ms: 1000, tick_ms: 800, ..node("a", "http://h") }, "twice"),
+            (ClusterConfig { node_ttl_ms: 1000, tick_ms: 800, ..node("a", "http://h") }, "twice"),
+            (ClusterConfig { lease_ttl_ms: 2900, tick_ms: 500, ..node("a", "http://h") }, "6 ×"),
         ] {
             let err = c.validate().expect_err(want);
             assert!(err.contains(want), "{err}");

@@ -186,14 +186,18 @@ impl Node {
         }
     }
 
-    /// Stops pulling every camera whose lease may expire before the next
-    /// renewal could land (one tick of margin).
+    /// Stops pulling every camera whose lease could expire before this check
+    /// runs again: it runs after every round, and a round may take two ticks
+    /// (its time-out) after a tick that came late, so the margin is four ticks
+    /// (`lease_ttl_ms` ≥ 6 × `tick_ms` by validation). With one tick of
+    /// margin a node whose renewals stalled could still pull a camera after
+    /// its lease had expired and another node had taken it.
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
         let expired: Vec<String> = self
             .held
             .iter()
-            .filter(|(_, h)| now + self.tick >= h.sent_at + self.lease_ttl)
+            .filter(|(_, h)| now + self.tick * 4 >= h.sent_at + self.lease_ttl)
             .map(|(c, _)| c.clone())
             .collect();
         for camera in expired {
