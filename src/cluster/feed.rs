@@ -2,7 +2,8 @@
 //! (subjects `labels.>`) into this node's label store, so `/api/labels`, the
 //! history and the SSE stream of any node cover every camera. An ordered
 //! consumer replays the last [`REPLAY`] first (history for a node that just
-//! joined), then follows live; it is recreated after any failure.
+//! joined), then follows live; it is recreated after any failure, and after
+//! [`STALL`] without a message.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use crate::pipeline::Camera;
 
 /// How far back a new feed starts.
 const REPLAY: Duration = Duration::from_secs(600);
+/// A feed that delivers nothing for this long is made again.
+const STALL: Duration = Duration::from_secs(10);
 
 /// Runs until `cancel`.
 pub(super) async fn run(
@@ -79,11 +82,19 @@ async fn follow(
         }
     };
     let mut last = None;
-    while let Some(message) = messages.next().await {
-        let message = match message {
-            Ok(m) => m,
-            Err(e) => {
+    loop {
+        // An ordered consumer can go quiet for good after a server it used
+        // died (seen in tests/cluster.rs); after STALL without a message it is
+        // made again from the last label stored (duplicates are skipped).
+        let message = match tokio::time::timeout(STALL, messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "cluster: label feed interrupted");
+                break;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                tracing::debug!(stall_s = STALL.as_secs(), "cluster: no label read back for a while; following again");
                 break;
             }
         };
