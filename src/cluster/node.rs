@@ -132,20 +132,19 @@ impl Node {
                 return;
             }
         };
-        let pulling: BTreeSet<String> = self.held.keys().cloned().collect();
-        self.cluster.update(|v| {
-            v.connected = true;
-            v.members = members.clone();
-            v.leases = leases.iter().map(|(c, (n, _))| (c.clone(), n.clone())).collect();
-            v.pulling = pulling;
-        });
+        let holders: BTreeMap<String, String> = leases.iter().map(|(c, (n, _))| (c.clone(), n.clone())).collect();
+        let held: BTreeSet<String> = self.held.keys().cloned().collect();
         let infos: BTreeMap<String, MemberInfo> = members
             .iter()
             .map(|(n, m)| (n.clone(), MemberInfo { ready: m.ready, starting: m.starting.clone() }))
             .collect();
-        let holders: BTreeMap<String, String> = leases.iter().map(|(c, (n, _))| (c.clone(), n.clone())).collect();
+        self.cluster.update(|v| {
+            v.connected = true;
+            v.members = members;
+            v.leases = holders.clone();
+            v.pulling = held.clone();
+        });
         let cameras: Vec<String> = self.deps.cameras.keys().cloned().collect();
-        let held: BTreeSet<String> = self.held.keys().cloned().collect();
         for action in plan::plan(self.me(), &cameras, &infos, &holders, &held) {
             match action {
                 Action::Claim(camera) => self.claim(&camera, None).await,
