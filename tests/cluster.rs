@@ -48,12 +48,15 @@ fn post_no_redirect(url: &str, body: &str) -> (u16, Option<String>, String) {
     (resp.status().as_u16(), location, body)
 }
 
+/// The client side of one connection to a camera: (local port, pid).
+type Client = (u16, u32);
+
 /// What the 100 ms sampler saw.
 #[derive(Default)]
 struct Samples {
     taken: usize,
-    /// (time since start, camera index, clients, their pids) of every sample with two or more.
-    doubles: Vec<(Duration, usize, usize, Vec<u32>)>,
+    /// (time since start, camera index, clients, their (local port, pid)) of every sample with two or more.
+    doubles: Vec<(Duration, usize, usize, Vec<Client>)>,
 }
 
 #[test]
@@ -62,6 +65,20 @@ fn cameras_are_shared_failed_over_and_taken_back() {
         return;
     }
     let mut cluster = Cluster::new("cluster", CAMERAS, "classify_fps = 1");
+
+    // The sampler counts real clients: two connections of the test's own to
+    // camera 1 read as two (and each once), none as zero.
+    {
+        let port = cluster.cameras[0].port;
+        let before = established_by_port().get(&port).copied().unwrap_or(0);
+        let held: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        let count = || established_by_port().get(&port).copied().unwrap_or(0);
+        let seen = common::wait_until(Duration::from_secs(2), || count() == before + 2);
+        assert!(seen.is_some(), "the sampler did not count two test clients on port {port}");
+        drop(held);
+        let gone = common::wait_until(Duration::from_secs(2), || count() == before);
+        assert!(gone.is_some(), "the test's clients on port {port} did not close");
+    }
 
     // The sampler: no camera may ever have two clients.
     let samples = Arc::new(Mutex::new(Samples::default()));
@@ -79,7 +96,7 @@ fn cameras_are_shared_failed_over_and_taken_back() {
                 for (i, port) in camera_ports.iter().enumerate() {
                     let n = counts.get(port).copied().unwrap_or(0);
                     if n > 1 {
-                        s.doubles.push((start.elapsed(), i + 1, n, common::cluster::client_pids(*port)));
+                        s.doubles.push((start.elapsed(), i + 1, n, common::cluster::clients_of(*port)));
                     }
                 }
                 drop(s);

@@ -87,20 +87,43 @@ pub fn nats_cluster(dir: &Path) -> Vec<NatsServer> {
     servers
 }
 
-/// Server-side ESTABLISHED TCP connections per local port (IPv4 and IPv6):
-/// how many clients each RTSP camera serves right now.
-pub fn established_by_port() -> BTreeMap<u16, usize> {
-    let mut counts = BTreeMap::new();
+/// ESTABLISHED TCP connections of this network namespace as
+/// `(local, remote)` address pairs (hex, as `/proc/net/tcp*` writes them),
+/// each connection once: the kernel writes these files a page per `read`
+/// and resumes by position, so a socket that moves in its hash chain
+/// between two reads (connections opened or closed meanwhile) is listed
+/// twice (`tests/cluster.rs` once took such a duplicate for a camera with
+/// two clients; a churn experiment saw duplicates in 18 % of reads). The
+/// set keeps one entry per connection (its addresses and socket inode).
+fn established() -> BTreeSet<(String, String, String)> {
+    use std::io::Read;
+    let mut seen = BTreeSet::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        let Ok(mut f) = std::fs::File::open(file) else { continue };
+        let mut text = String::new();
+        if f.read_to_string(&mut text).is_err() {
+            continue;
+        }
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 4 || fields[3] != "01" {
-                continue;
+            if fields.len() > 9 && fields[3] == "01" {
+                seen.insert((fields[1].to_owned(), fields[2].to_owned(), fields[9].to_owned()));
             }
-            let Some(port) = fields[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) else {
-                continue;
-            };
+        }
+    }
+    seen
+}
+
+fn port_of(address: &str) -> Option<u16> {
+    address.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
+}
+
+/// Server-side ESTABLISHED TCP connections per local port (IPv4 and IPv6),
+/// each counted once: how many clients each RTSP camera serves right now.
+pub fn established_by_port() -> BTreeMap<u16, usize> {
+    let mut counts = BTreeMap::new();
+    for (local, _, _) in established() {
+        if let Some(port) = port_of(&local) {
             *counts.entry(port).or_default() += 1;
         }
     }
@@ -286,30 +309,24 @@ pub fn lease_bucket_leader(servers: &[NatsServer]) -> usize {
     name.trim_start_matches('n').parse().unwrap()
 }
 
-/// Pids owning the client side of ESTABLISHED TCP connections to `port`
-/// (from /proc/net/tcp* and /proc/*/fd), for diagnosing a second client.
-pub fn client_pids(port: u16) -> Vec<u32> {
-    let mut inodes = Vec::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let remote = f.get(2).and_then(|r| r.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
-            if f.len() > 9 && f[3] == "01" && remote == Some(port) {
-                inodes.push(format!("socket:[{}]", f[9]));
+/// The client side of each ESTABLISHED TCP connection to `port`: its local
+/// port and the pid holding its socket (0 if none found), for diagnosing a
+/// second client.
+pub fn clients_of(port: u16) -> Vec<(u16, u32)> {
+    let clients: Vec<(u16, String)> = established()
+        .into_iter()
+        .filter(|(_, remote, _)| port_of(remote) == Some(port))
+        .filter_map(|(local, _, inode)| Some((port_of(&local)?, format!("socket:[{inode}]"))))
+        .collect();
+    let mut owners = vec![0u32; clients.len()];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        for link in std::fs::read_dir(entry.path().join("fd")).into_iter().flatten().flatten() {
+            let Ok(target) = std::fs::read_link(link.path()) else { continue };
+            if let Some(i) = clients.iter().position(|(_, inode)| target.to_string_lossy() == *inode) {
+                owners[i] = pid;
             }
         }
     }
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let fds = std::fs::read_dir(entry.path().join("fd")).into_iter().flatten().flatten();
-        if fds
-            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-            .any(|l| inodes.iter().any(|i| l.to_string_lossy() == *i))
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+    clients.into_iter().zip(owners).map(|((local_port, _), pid)| (local_port, pid)).collect()
 }
