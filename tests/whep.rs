@@ -116,6 +116,109 @@ fn raw_track_over_whep_with_a_rust_viewer() {
     rt.block_on(viewer.close());
 }
 
+/// The value of header `name` in `r` ("" if absent).
+fn header(r: &whep_client::HttpReply, name: &str) -> String {
+    r.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
+}
+
+/// `PATCH` (RFC 9725 §4.3): trickle ICE and an ICE restart on a live
+/// session, the viewer still receiving afterwards; the method, media type,
+/// entity-tag and fragment errors (405, 415, 412, 400, 422).
+#[test]
+fn trickle_ice_and_ice_restart_over_patch() {
+    if !netns::isolated("trickle_ice_and_ice_restart_over_patch") {
+        return;
+    }
+    let (_server, app) = start_camera();
+    let rt = runtime();
+    let viewer = rt.block_on(Viewer::new(Offer::H264));
+    let r = whep_client::post(&app.base, "/whep/door/raw", "application/sdp", &viewer.offer_sdp);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(header(&r, "accept-patch"), "application/trickle-ice-sdpfrag");
+    let (location, etag, answer) = (r.location.unwrap(), r.etag.unwrap(), r.body);
+    rt.block_on(viewer.apply_answer(&answer));
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects; log:\n{}", app.log());
+
+    let frag = "application/trickle-ice-sdpfrag";
+    let patch =
+        |headers: &[(&str, &str)], body: &str| whep_client::request(&app.base, "PATCH", &location, headers, body);
+    let r = whep_client::options(&app.base, &location);
+    assert_eq!((r.status, header(&r, "accept-patch").as_str()), (204, frag));
+    // Methods a resource does not take: 405 with Allow.
+    let r = whep_client::request(&app.base, "PUT", "/whep/door/raw", &[("content-type", "application/sdp")], "v=0");
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert!(header(&r, "allow").contains("POST"), "Allow: {}", header(&r, "allow"));
+    let r = whep_client::request(&app.base, "GET", &location, &[], "");
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert!(header(&r, "allow").contains("PATCH"), "Allow: {}", header(&r, "allow"));
+
+    // Trickle: the viewer's own first candidate again, with and without the ETag.
+    let ufrag = infercast::sfu::sdpfrag::ice_ufrag(&viewer.offer_sdp).unwrap().to_owned();
+    let candidate = viewer.offer_sdp.lines().find(|l| l.starts_with("a=candidate:")).unwrap().trim().to_owned();
+    let trickle = format!("a=ice-ufrag:{ufrag}\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\n{candidate}\r\n");
+    let r = patch(&[("content-type", "application/sdp")], &trickle);
+    assert_eq!((r.status, header(&r, "accept-patch").as_str()), (415, frag), "{}", r.body);
+    let r = patch(&[("content-type", frag), ("if-match", "\"not-the-etag\"")], &trickle);
+    assert_eq!(r.status, 412, "{}", r.body);
+    let r = patch(&[("content-type", frag)], "this is no fragment");
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = patch(&[("content-type", frag), ("if-match", &etag)], &trickle);
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = patch(&[("content-type", frag)], &trickle);
+    assert_eq!(r.status, 204, "{}", r.body);
+    // New credentials need If-Match: "*"; a restart needs new credentials.
+    let r = patch(&[("content-type", frag)], "a=ice-ufrag:someoneelse\r\na=ice-pwd:0123456789abcdefghijkl\r\n");
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = patch(&[("content-type", frag), ("if-match", "*")], &trickle);
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = whep_client::request(&app.base, "PATCH", "/whep/door/raw/0123456789abcdef", &[("content-type", frag)], "");
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    // ICE restart: the viewer's new credentials and candidates in, ours out.
+    let restarted = rt.block_on(viewer.restart_offer());
+    let fragment = infercast::sfu::sdpfrag::answer_fragment(&restarted).expect("restart offer has ICE lines");
+    let r = patch(&[("content-type", frag), ("if-match", "*")], &fragment);
+    assert_eq!(r.status, 200, "{}\nlog:\n{}", r.body, app.log());
+    assert_eq!(r.content_type, frag);
+    let new_etag = r.etag.clone().expect("a new ETag");
+    assert_ne!(new_etag, etag, "a restart changes the entity-tag");
+    let ours = infercast::sfu::sdpfrag::SdpFragment::parse(&r.body).expect("our fragment parses");
+    let (new_ufrag, new_pwd) = (ours.ice_ufrag.clone().unwrap(), ours.ice_pwd.clone().unwrap());
+    assert_ne!(Some(new_ufrag.as_str()), infercast::sfu::sdpfrag::ice_ufrag(&answer), "new server credentials");
+    assert!(!ours.candidates.is_empty() && r.body.contains("127.0.0.1"), "{}", r.body);
+    let mut renewed = infercast::sfu::sdpfrag::renewed_offer(&answer, &new_ufrag, &new_pwd);
+    for c in &ours.candidates {
+        renewed += &format!("a={c}\r\n");
+    }
+    rt.block_on(viewer.apply_answer(&renewed));
+    // The old entity-tag is stale now; the new one is accepted.
+    let r = patch(&[("content-type", frag), ("if-match", &etag)], "");
+    assert_eq!(r.status, 412, "{}", r.body);
+    let r = patch(&[("content-type", frag), ("if-match", &new_etag)], "");
+    assert_eq!(r.status, 204, "{}", r.body);
+
+    // Still streaming over the restarted connection.
+    let before = viewer.packets().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = viewer.packets().len();
+    assert!(after > before + 100, "{} RTP packets in the 4 s after the restart", after - before);
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(1))), "still connected");
+    assert!(app.log().contains("ICE restarted (PATCH)"), "{}", app.log());
+    // Time to first frame: one observation for this viewer, under the 10 s bound.
+    let metrics = String::from_utf8(app.get("/metrics").body).unwrap();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("infercast_webrtc_time_to_first_frame_seconds_count{track=\"raw\"}"), 1.0);
+    let ttff = value("infercast_webrtc_time_to_first_frame_seconds_sum{track=\"raw\"}");
+    assert!(ttff > 0.0 && ttff < 10.0, "time to first frame {ttff} s");
+    assert_eq!(raw_viewers(&app), 1);
+    let r = whep_client::delete(&app.base, &location);
+    assert!(r.status == 200 || r.status == 204, "{}", r.body);
+    rt.block_on(viewer.close());
+}
+
 #[test]
 fn twenty_viewers_on_one_camera() {
     if !netns::isolated("twenty_viewers_on_one_camera") {

@@ -1,8 +1,10 @@
-//! WHEP (RFC 9725): `POST /whep/{camera}/{raw|annotated}` with an SDP offer
-//! creates a viewer session (201, `Location`, SDP answer); `DELETE` on the
-//! `Location` ends it; `OPTIONS` says what it accepts (CORS for allowed
-//! origins is the auth guard's). The configured STUN/TURN
-//! servers go out as `Link: rel="ice-server"` headers with each answer.
+//! WHEP (RFC 9725's rules, applied to egress): `POST /whep/{camera}/{raw|annotated}`
+//! with an SDP offer creates a viewer session (201, `Location`, `ETag`, SDP
+//! answer); `PATCH` on the `Location` trickles ICE candidates or restarts ICE
+//! (`application/trickle-ice-sdpfrag`, `If-Match`); `DELETE` ends it;
+//! `OPTIONS` says what each accepts (CORS for allowed origins is the auth
+//! guard's). The configured STUN/TURN servers go out as
+//! `Link: rel="ice-server"` headers with each answer.
 
 use axum::body::Bytes;
 use std::net::SocketAddr;
@@ -18,12 +20,14 @@ use crate::hub::TrackKind;
 use crate::sfu::SfuError;
 
 const SDP: &str = "application/sdp";
+/// The media type of trickle ICE / ICE restart fragments (RFC 8840).
+const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
 
 /// The WHEP routes (merged into the API router).
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create, preflight))
-        .routes(routes!(delete, preflight_session))
+        .routes(routes!(delete, patch, preflight_session))
         .layer(axum::extract::DefaultBodyLimit::max(super::limits::WHEP_BODY_BYTES))
 }
 
@@ -41,6 +45,11 @@ fn sfu_error(e: SfuError) -> ApiError {
             ApiError::new(StatusCode::NOT_FOUND, "session_not_found", format!("no viewer session {id:?}"))
         }
         SfuError::WebRtc(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "webrtc_error", m),
+        e @ SfuError::MalformedFragment(_) => ApiError::bad_request(e.to_string()),
+        e @ SfuError::PreconditionFailed { .. } => {
+            ApiError::new(StatusCode::PRECONDITION_FAILED, "etag_mismatch", e.to_string())
+        }
+        SfuError::Unprocessable(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "fragment_not_applicable", m),
     }
 }
 
@@ -55,13 +64,16 @@ async fn preflight() -> Response {
     r
 }
 
-/// `OPTIONS` on a session: CORS preflight for its `DELETE`.
+/// `OPTIONS` on a session: what it accepts, and CORS preflight for its
+/// `PATCH` and `DELETE`.
 #[utoipa::path(options, path = "/whep/{camera}/{track}/{session}", tag = "whep",
     params(("camera" = String, Path, description = "Camera name"), ("track" = String, Path, description = "`raw` or `annotated`"),
         ("session" = String, Path, description = "Session id from the `Location` of the 201")),
-    responses((status = 204, description = "CORS headers for allowed origins")))]
+    responses((status = 204, description = "`Accept-Patch: application/trickle-ice-sdpfrag`; CORS headers for allowed origins")))]
 async fn preflight_session() -> Response {
-    preflight().await
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert("accept-patch", HeaderValue::from_static(SDP_FRAGMENT));
+    r
 }
 
 /// The WHEP POST's query.
@@ -166,9 +178,10 @@ async fn create_inner(
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", session.id)) {
+    if let Ok(v) = HeaderValue::from_str(&session.etag) {
         h.insert(header::ETAG, v);
     }
+    h.insert("accept-patch", HeaderValue::from_static(SDP_FRAGMENT));
     for link in ice_server_links(&state.ice_servers) {
         h.append(header::LINK, link);
     }
@@ -241,6 +254,62 @@ async fn delete(
     .await;
     match result {
         Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `PATCH` the session's resource with an SDP fragment: trickle ICE
+/// (candidates; `If-Match` optional, the session's `ETag` if given) or an
+/// ICE restart (`If-Match: "*"`, new `ice-ufrag`/`ice-pwd` and candidates).
+#[utoipa::path(patch, path = "/whep/{camera}/{track}/{session}", tag = "whep", security(("bearer" = [])),
+    params(("camera" = String, Path, description = "Camera name"), ("track" = String, Path, description = "`raw` or `annotated`"),
+        ("session" = String, Path, description = "Session id from the `Location` of the 201"),
+        ("If-Match" = Option<String>, Header, description = "The session's `ETag` (trickle), or `*` (ICE restart)")),
+    request_body(content = String, content_type = "application/trickle-ice-sdpfrag",
+        description = "RFC 8840 fragment: `a=ice-ufrag`, `a=ice-pwd`, `m=`/`a=mid`, `a=candidate` lines (≤ 64), `a=end-of-candidates`"),
+    responses(
+        (status = 200, description = "ICE restarted: our new fragment (credentials, candidates) and a new `ETag`",
+            content_type = "application/trickle-ice-sdpfrag", body = String),
+        (status = 204, description = "Candidates added"),
+        (status = 400, description = "Not an SDP fragment, or a candidate that does not parse", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 412, description = "`If-Match` is not the session's `ETag`", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/trickle-ice-sdpfrag", body = ErrorBody),
+        (status = 422, description = "New ICE credentials without `If-Match: *`, or a restart without new ones", body = ErrorBody)))]
+async fn patch(
+    State(state): State<AppState>,
+    Path((camera, track, session)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case(SDP_FRAGMENT) {
+        let message = format!("Content-Type must be {SDP_FRAGMENT}, not {content_type:?}");
+        let mut r =
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message).into_response();
+        r.headers_mut().insert("accept-patch", HeaderValue::from_static(SDP_FRAGMENT));
+        return r;
+    }
+    let result = async {
+        let kind = track_kind(&track)?;
+        let fragment =
+            std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the SDP fragment is not UTF-8"))?;
+        let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+        state.sfu.patch_session(&camera, kind, &session, if_match, fragment).await.map_err(sfu_error)
+    }
+    .await;
+    match result {
+        Ok(crate::sfu::Patched::Trickled { .. }) => StatusCode::NO_CONTENT.into_response(),
+        Ok(crate::sfu::Patched::Restarted { fragment, etag }) => {
+            let mut r = (StatusCode::OK, fragment).into_response();
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP_FRAGMENT));
+            if let Ok(v) = HeaderValue::from_str(&etag) {
+                h.insert(header::ETAG, v);
+            }
+            r
+        }
         Err(e) => e.into_response(),
     }
 }

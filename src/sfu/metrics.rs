@@ -1,5 +1,6 @@
 //! The SFU's Prometheus metrics: viewers, sessions, packets, bytes, PLIs and
-//! NACKs per camera × track, and the send latency per track; one set of
+//! NACKs per camera × track, the send latency and time to first frame per
+//! track; one set of
 //! pre-resolved handles per session so nothing is looked up per packet.
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
@@ -17,11 +18,16 @@ pub(super) struct SfuMetrics {
     nacks: IntCounterVec,
     gop_resends: IntCounterVec,
     send_latency: HistogramVec,
+    time_to_first_frame: HistogramVec,
 }
 
 /// Access unit received → RTP handed to the connection, seconds: 50 µs … 0.5 s.
 const SEND_LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5];
+
+/// WHEP POST → first RTP packet of a keyframe sent, seconds: 10 ms … 10 s.
+const TIME_TO_FIRST_FRAME_BUCKETS: &[f64] =
+    &[0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
 
 impl SfuMetrics {
     pub fn register(registry: &prometheus::Registry) -> Option<SfuMetrics> {
@@ -57,8 +63,19 @@ impl SfuMetrics {
                 &["track"],
             )
             .ok()?,
+            time_to_first_frame: HistogramVec::new(
+                HistogramOpts::new(
+                    "webrtc_time_to_first_frame_seconds",
+                    "WHEP POST received to the first RTP packet of a keyframe sent to that viewer (answer, \
+                     ICE, DTLS and the wait for a keyframe)",
+                )
+                .buckets(TIME_TO_FIRST_FRAME_BUCKETS.to_vec()),
+                &["track"],
+            )
+            .ok()?,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            Box::new(m.time_to_first_frame.clone()),
             Box::new(m.gop_resends.clone()),
             Box::new(m.viewers.clone()),
             Box::new(m.created.clone()),
@@ -88,6 +105,7 @@ impl SfuMetrics {
             gop_resent: self.gop_resends.with_label_values(&[camera, "sent"]),
             gop_resend_refused: self.gop_resends.with_label_values(&[camera, "over_budget"]),
             send_latency: self.send_latency.with_label_values(&[kind.as_str()]),
+            time_to_first_frame: self.time_to_first_frame.with_label_values(&[kind.as_str()]),
         }
     }
 }
@@ -102,12 +120,16 @@ pub(super) struct SessionMetrics {
     pub gop_resent: IntCounter,
     pub gop_resend_refused: IntCounter,
     pub send_latency: Histogram,
+    pub time_to_first_frame: Histogram,
 }
 
 impl SessionMetrics {
     /// Handles registered nowhere: for an SFU made without a registry.
     pub fn unregistered() -> SessionMetrics {
         let counter = || IntCounter::new("unregistered", "unregistered").expect("constant name is valid");
+        let histogram = || {
+            Histogram::with_opts(HistogramOpts::new("unregistered", "unregistered")).expect("constant name is valid")
+        };
         SessionMetrics {
             packets_sent: counter(),
             bytes_sent: counter(),
@@ -115,8 +137,8 @@ impl SessionMetrics {
             nacks: counter(),
             gop_resent: counter(),
             gop_resend_refused: counter(),
-            send_latency: Histogram::with_opts(HistogramOpts::new("unregistered", "unregistered"))
-                .expect("constant name is valid"),
+            send_latency: histogram(),
+            time_to_first_frame: histogram(),
         }
     }
 }

@@ -11,9 +11,11 @@ mod candidates;
 mod metrics;
 mod offer;
 mod packetize;
+mod patch;
 mod ports;
 mod resend;
 mod rtcp;
+pub mod sdpfrag;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -41,6 +43,7 @@ use webrtc::peer_connection::{
 use self::metrics::{SessionMetrics, SfuMetrics};
 pub use self::offer::{ChosenCodec, check_offer};
 pub use self::packetize::{DEFAULT_MAX_PAYLOAD, packetize_h264, payload_nal_types};
+pub use self::patch::Patched;
 use crate::codec::annexb::{nal_type, nal_units, profile_level_id};
 use crate::hub::{CameraTracks, TrackKind};
 use crate::media::AccessUnit;
@@ -63,6 +66,16 @@ pub enum SfuError {
     /// The WebRTC stack failed: HTTP 500.
     #[error("WebRTC failure: {0}")]
     WebRtc(String),
+    /// A `PATCH` body that is not a valid SDP fragment: HTTP 400.
+    #[error("malformed SDP fragment: {0}")]
+    MalformedFragment(String),
+    /// `If-Match` names another entity-tag than the session's: HTTP 412.
+    #[error("If-Match {given} does not match the session's entity-tag {current}")]
+    PreconditionFailed { given: String, current: String },
+    /// A valid fragment that cannot be applied (new credentials without
+    /// `If-Match: "*"`, candidates of another ICE generation): HTTP 422.
+    #[error("{0}")]
+    Unprocessable(String),
 }
 
 fn webrtc_err(e: impl std::fmt::Display) -> SfuError {
@@ -112,6 +125,8 @@ impl From<&crate::config::WebRtcConfig> for SfuConfig {
 struct SessionEntry {
     camera: String,
     kind: TrackKind,
+    /// What `PATCH` (trickle ICE, ICE restart) works on.
+    control: Arc<patch::SessionControl>,
     cancel: CancellationToken,
     /// Cancelled when the session task has finished (peer connection closed).
     finished: CancellationToken,
@@ -119,11 +134,13 @@ struct SessionEntry {
 
 type Sessions = Arc<Mutex<HashMap<SessionId, SessionEntry>>>;
 
-/// A created session: its id and the SDP answer (with candidates).
+/// A created session: its id, the SDP answer (with candidates) and its
+/// entity-tag (quoted, for `ETag`; a restart changes it).
 #[derive(Debug, Clone)]
 pub struct CreatedSession {
     pub id: SessionId,
     pub answer_sdp: String,
+    pub etag: String,
 }
 
 /// All viewer sessions.
@@ -174,8 +191,9 @@ impl Sfu {
     ) -> Result<CreatedSession, SfuError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (sfu, camera, offer_sdp) = (self.clone(), camera.to_owned(), offer_sdp.to_owned());
+        let posted_at = Instant::now();
         tokio::spawn(async move {
-            let created = sfu.set_up_session(&camera, tracks, kind, &offer_sdp, held).await;
+            let created = sfu.set_up_session(&camera, tracks, kind, &offer_sdp, held, posted_at).await;
             if let Err(Ok(orphan)) = tx.send(created) {
                 tracing::debug!(session = %orphan.id, "WHEP client gone before its answer; ending the session");
                 let _ = sfu.delete_session(&camera, kind, &orphan.id).await;
@@ -191,6 +209,7 @@ impl Sfu {
         kind: TrackKind,
         offer_sdp: &str,
         held: Box<dyn Send>,
+        posted_at: Instant,
     ) -> Result<CreatedSession, SfuError> {
         let stream_plid = stream_profile_level_id(&tracks, kind);
         let (offer, chosen) = check_offer(offer_sdp, stream_plid)?;
@@ -285,9 +304,17 @@ impl Sfu {
         let id = new_session_id();
         let cancel = CancellationToken::new();
         let finished = CancellationToken::new();
+        let control = Arc::new(patch::SessionControl::new(&id, pc.clone(), gathered_rx, offer_sdp));
+        let etag = control.etag_now();
         self.sessions.lock().expect("sfu lock is never poisoned").insert(
             id.clone(),
-            SessionEntry { camera: camera.to_owned(), kind, cancel: cancel.clone(), finished: finished.clone() },
+            SessionEntry {
+                camera: camera.to_owned(),
+                kind,
+                control,
+                cancel: cancel.clone(),
+                finished: finished.clone(),
+            },
         );
         let labels = [camera, kind.as_str()];
         if let Some(m) = &self.metrics {
@@ -308,6 +335,7 @@ impl Sfu {
             disconnected_timeout: self.config.disconnected_timeout,
             metrics: session_metrics,
             resend: self.resend.clone(),
+            posted_at: Some(posted_at),
             _port: port,
             _held: held,
         };
@@ -325,7 +353,7 @@ impl Sfu {
             }
             tracing::info!(camera, track = kind.as_str(), session = %id, "WebRTC viewer session ended");
         });
-        Ok(CreatedSession { id, answer_sdp })
+        Ok(CreatedSession { id, answer_sdp, etag })
     }
 
     /// Ends session `id` of `camera`'s `kind` track: closes its peer connection
@@ -399,9 +427,8 @@ struct Events {
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Events {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(true);
-        }
+        // false while an ICE restart gathers again (`patch` waits for true).
+        let _ = self.gathered.send(state == RTCIceGatheringState::Complete);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -447,6 +474,9 @@ struct Session {
     disconnected_timeout: Duration,
     metrics: SessionMetrics,
     resend: Arc<resend::ResendBudget>,
+    /// When the WHEP POST came; taken when the first keyframe goes out
+    /// (`webrtc_time_to_first_frame_seconds`).
+    posted_at: Option<Instant>,
     /// Held until the session ends (and its sockets with it).
     _port: ports::PortLease,
     /// The limit slot of the WHEP request that made the session.
@@ -555,6 +585,10 @@ impl Session {
                 let packet = self.rtp.packet(timestamp, i + 1 == n, payload.clone());
                 if let Err(e) = self.local.write_rtp(packet).await {
                     tracing::debug!(session = %self.id, "RTP write failed: {e}");
+                } else if au.keyframe
+                    && let Some(posted_at) = self.posted_at.take()
+                {
+                    self.metrics.time_to_first_frame.observe(posted_at.elapsed().as_secs_f64());
                 }
             }
             self.metrics.packets_sent.inc_by(n as u64);

@@ -194,6 +194,24 @@ impl Viewer {
         )
     }
 
+    /// Restarts ICE (new credentials) and returns the new local offer once it
+    /// has candidates (within 5 s).
+    pub async fn restart_offer(&self) -> String {
+        let old = self.pc.local_description().await.expect("local description").sdp;
+        self.pc.restart_ice().await.expect("restart_ice");
+        let offer = self.pc.create_offer(None).await.expect("restart offer");
+        self.pc.set_local_description(offer).await.expect("set restart offer");
+        let ufrag = |sdp: &str| infercast::sfu::sdpfrag::ice_ufrag(sdp).map(str::to_owned);
+        for _ in 0..100 {
+            let sdp = self.pc.local_description().await.expect("local description").sdp;
+            if ufrag(&sdp) != ufrag(&old) && sdp.contains("a=candidate:") {
+                return sdp;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no restarted offer with candidates within 5 s");
+    }
+
     pub fn packets(&self) -> Vec<RtpSeen> {
         self.packets.lock().unwrap().clone()
     }
