@@ -74,9 +74,12 @@ impl Infercast {
         Infercast::start_with_env(args, &[])
     }
 
-    /// [`Infercast::start_with`] with extra environment variables.
+    /// [`Infercast::start_with`] with extra environment variables. Runs
+    /// `$INFERCAST_BIN` if set (e.g. the container's slim-FFmpeg release
+    /// build), else the binary cargo built for the tests.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Infercast {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_infercast"))
+        let binary = std::env::var_os("INFERCAST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_infercast").into());
+        let mut child = Command::new(binary)
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
