@@ -34,6 +34,7 @@ const CHECKS: &[&str] = &[
     "labels_match_api",
     "chat_in_focus",
     "switch_to_annotated",
+    "ice_restart",
     "screenshot",
     "switch_back_to_raw",
     "recovers_after_camera_restart",

@@ -1,7 +1,8 @@
 // Keeps one camera track playing in a <video>: opens WHEP sessions, swaps
 // them on a track switch (new session first, then DELETE the old one),
-// reconnects with capped backoff when the connection fails, the POST fails or
-// frames stop arriving, measures POST → first decoded frame, and samples the
+// restarts ICE over PATCH when the connection is lost, reconnects with capped
+// backoff when that fails, the connection fails, the POST fails or frames
+// stop arriving, measures POST → first decoded frame, and samples the
 // connection's stats once a second. Knows nothing about the page layout.
 
 import { WhepSession } from './whep.js';
@@ -11,7 +12,7 @@ const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 5000;
 /** No new frame for this long while the camera streams: reconnect. */
 const STALL_MS = 4000;
-/** A `disconnected` connection gets this long to recover on its own. */
+/** A `disconnected` connection gets this long to recover (on its own or by an ICE restart). */
 const DISCONNECTED_GRACE_MS = 2000;
 const TICK_MS = 1000;
 
@@ -36,6 +37,7 @@ export class Player {
   /** Bumped by every connect, retry and stop: a stale async step sees it moved and gives up. */
   #generation = 0;
   #posting = false;
+  #restarting = false;
   #retryTimer = null;
   #graceTimer = null;
   #ticker = null;
@@ -73,6 +75,29 @@ export class Player {
     this.#session?.close();
     this.#session = null;
     this.#setPhase('stopped');
+  }
+
+  /** ICE restarts the current session has completed. */
+  get iceRestarts() {
+    return this.#session?.iceRestarts ?? 0;
+  }
+
+  /**
+   * Restarts ICE on the current session (WHEP PATCH), keeping the session and
+   * its picture; if the server refuses or cannot be reached, opens a new session.
+   */
+  async restartIce(reason = 'ICE restart') {
+    const session = this.#session;
+    if (!session || this.#restarting) return;
+    this.#restarting = true;
+    try {
+      await session.restartIce();
+    } catch (e) {
+      if (session === this.#session) this.#retry(`${reason}: ICE restart failed (${e.message})`);
+    } finally {
+      this.#restarting = false;
+      this.#onChange();
+    }
   }
 
   /** Whether the camera itself streams: while it does not, missing frames are expected. */
@@ -142,6 +167,7 @@ export class Player {
       this.#retry('connection failed');
     } else if (state === 'disconnected') {
       clearTimeout(this.#graceTimer);
+      this.restartIce('connection lost');
       this.#graceTimer = setTimeout(() => {
         if (this.#session?.state === 'disconnected') this.#retry('connection lost');
       }, DISCONNECTED_GRACE_MS);

@@ -4,8 +4,9 @@
 // gets camera states and labels from app.js.
 //
 // Test hooks: <section class="tile" data-camera data-track data-state
-// data-video (player phase) data-retries data-first-frame-ms (WHEP POST →
-// first decoded frame) data-node (cluster mode: the node serving it)>,
+// data-video (player phase) data-retries data-ice-restarts data-first-frame-ms
+// (WHEP POST → first decoded frame) data-node (cluster mode: the node serving
+// it)>, which restarts ICE on an `infercast:restart-ice` event,
 // buttons [data-track-button], .label[data-label][data-score] and
 // .viewers[data-viewers] (viewer sessions of the camera, both tracks).
 // Clicking a tile puts it in focus (its room's chat opens: app.js).
@@ -121,6 +122,7 @@ export class Tile {
       return `${this.base}/whep/${encodeURIComponent(camera.name)}/${t}${query}`;
     };
     this.#player = new Player(video, { endpointFor, iceServers, onChange: () => this.#renderVideo() });
+    this.element.addEventListener('infercast:restart-ice', () => this.#player.restartIce('requested'));
     this.update(camera);
     this.setTrack(track ?? defaultTrack(camera));
   }
@@ -234,6 +236,7 @@ export class Tile {
     const p = this.#player;
     this.element.dataset.video = p.phase;
     this.element.dataset.retries = String(p.retries);
+    this.element.dataset.iceRestarts = String(p.iceRestarts);
     if (p.firstFrameMs != null) this.element.dataset.firstFrameMs = String(p.firstFrameMs);
     const s = p.stats;
     let text;

@@ -1,8 +1,9 @@
 // WHEP client (RFC 9725): one receive-only video session with the server.
-// Owns the RTCPeerConnection, the POST of the offer and the DELETE of the
-// session resource. Non-trickle: the offer goes out at once, without waiting
-// for candidates; the server answers with its own and learns ours from the
-// ICE checks. Knows nothing about pages, tiles or retries.
+// Owns the RTCPeerConnection, the POST of the offer, the ICE restart over
+// PATCH and the DELETE of the session resource. Non-trickle: the offer goes
+// out at once, without waiting for candidates; the server answers with its
+// own and learns ours from the ICE checks. Knows nothing about pages, tiles
+// or retries.
 
 import { authHeaders } from './api.js';
 
@@ -24,6 +25,48 @@ async function describeFailure(res) {
   } catch {
     return text.split('\n')[0].slice(0, 200) || `HTTP ${res.status}`;
   }
+}
+
+const SDP_FRAGMENT = 'application/trickle-ice-sdpfrag';
+
+/** Resolves once ICE gathering is complete, or after `ms`. */
+function gathered(pc, ms) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState !== 'complete') return;
+      pc.removeEventListener('icegatheringstatechange', done);
+      resolve();
+    };
+    pc.addEventListener('icegatheringstatechange', done);
+    setTimeout(resolve, ms);
+  });
+}
+
+/** RFC 8840 fragment of `sdp`: credentials, the first m-line and mid, its candidates. */
+export function sdpFragment(sdp) {
+  const lines = sdp.split(/\r?\n/);
+  const first = lines.findIndex((l) => l.startsWith('m='));
+  const next = lines.findIndex((l, i) => i > first && l.startsWith('m='));
+  const section = lines.slice(first, next < 0 ? undefined : next);
+  const pick = (prefix) => lines.find((l) => l.startsWith(prefix));
+  const out = [pick('a=ice-ufrag:'), pick('a=ice-pwd:'), lines[first], section.find((l) => l.startsWith('a=mid:'))];
+  out.push(...section.filter((l) => l.startsWith('a=candidate:')), 'a=end-of-candidates');
+  return out.filter(Boolean).join('\r\n') + '\r\n';
+}
+
+/** `answer` with the ICE credentials and candidates of `fragment` in place of its own. */
+export function renewedAnswer(answer, fragment) {
+  const f = fragment.split(/\r?\n/);
+  const ufrag = f.find((l) => l.startsWith('a=ice-ufrag:'));
+  const pwd = f.find((l) => l.startsWith('a=ice-pwd:'));
+  if (!ufrag || !pwd) throw new WhepError(0, 'ICE restart answer without credentials');
+  const lines = answer
+    .split(/\r?\n/)
+    .filter((l) => l && !l.startsWith('a=candidate:') && l !== 'a=end-of-candidates')
+    .map((l) => (l.startsWith('a=ice-ufrag:') ? ufrag : l.startsWith('a=ice-pwd:') ? pwd : l));
+  lines.push(...f.filter((l) => l.startsWith('a=candidate:')));
+  return lines.join('\r\n') + '\r\n';
 }
 
 export class WhepSession {
@@ -58,6 +101,7 @@ export class WhepSession {
       const location = res.headers.get('Location');
       if (!location) throw new WhepError(res.status, 'answer without a Location header');
       session.location = new URL(location, new URL(endpoint, document.baseURI)).href;
+      session.etag = res.headers.get('ETag');
       await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
       return session;
     } catch (e) {
@@ -74,7 +118,41 @@ export class WhepSession {
     this.location = null;
     /** performance.now() when the offer was sent. */
     this.postedAt = null;
+    /** The session resource's entity-tag (a restart renews it). */
+    this.etag = null;
+    /** ICE restarts completed over PATCH. */
+    this.iceRestarts = 0;
     this.closed = false;
+  }
+
+  /**
+   * Restarts ICE on the same session (a network change, a lost path): new
+   * credentials in a PATCH with `If-Match: *`, the server's new ones and
+   * candidates back. Keeps DTLS, the track and the session resource.
+   * Rejects with a WhepError (the caller falls back to a new session).
+   */
+  async restartIce(timeoutMs = 5000) {
+    if (this.closed || !this.location) throw new WhepError(0, 'no session to restart');
+    const pc = this.pc;
+    pc.restartIce();
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc, 2000);
+    let res;
+    try {
+      res = await fetch(this.location, {
+        method: 'PATCH',
+        headers: { 'Content-Type': SDP_FRAGMENT, 'If-Match': '*', ...authHeaders() },
+        body: sdpFragment(pc.localDescription.sdp),
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+    } catch (e) {
+      throw new WhepError(0, `server unreachable (${e.message})`);
+    }
+    if (res.status !== 200) throw new WhepError(res.status, await describeFailure(res));
+    this.etag = res.headers.get('ETag') ?? this.etag;
+    const fragment = await res.text();
+    await pc.setRemoteDescription({ type: 'answer', sdp: renewedAnswer(pc.remoteDescription.sdp, fragment) });
+    this.iceRestarts++;
   }
 
   /** `new | connecting | connected | disconnected | failed | closed`. */

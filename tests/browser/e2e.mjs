@@ -23,6 +23,7 @@ const RUN_TIMEOUT_MS = 170_000;
 /** Paths of the DELETE requests the page sent (WHEP sessions it ended), and their statuses. */
 const deletes = [];
 const deleteStatuses = new Map();
+const patches = [];
 
 const emit = (event) => console.log(JSON.stringify(event));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -150,6 +151,9 @@ async function run(browserSlot) {
   const browser = browserSlot.browser;
   browser.on('request', (r) => r.method() === 'DELETE' && deletes.push(new URL(r.url()).pathname));
   browser.on('response', (r) => {
+    if (r.request().method() === 'PATCH') patches.push({ path: new URL(r.url()).pathname, status: r.status() });
+  });
+  browser.on('response', (r) => {
     if (r.request().method() === 'DELETE') deleteStatuses.set(new URL(r.url()).pathname, r.status());
   });
   const page = browser.pages()[0] ?? (await browser.newPage());
@@ -255,6 +259,29 @@ async function run(browserSlot) {
     return { camera, shown: shown.text, viewers };
   });
   await check('switch_to_annotated', () => switchTrack(page, first, 'annotated', widthOf[first]));
+
+  // ICE restart over WHEP PATCH (what the page does when a connection is
+  // lost): the same session goes on playing, no new POST, no reload.
+  await check('ice_restart', async () => {
+    const before = await tileInfo(page, first);
+    const retriesBefore = before.retries;
+    await page.$eval(tileSel(first), (t) => t.dispatchEvent(new Event('infercast:restart-ice')));
+    const restarted = await waitFor(`${first} to restart ICE`, 10_000, async () => {
+      const n = await page.$eval(tileSel(first), (t) => Number(t.dataset.iceRestarts));
+      return n >= 1 && n;
+    });
+    const patched = patches.filter((p) => p.path.startsWith(`/whep/${first}/annotated/`));
+    if (!patched.some((p) => p.status === 200)) throw new Error(`no PATCH answered 200: ${JSON.stringify(patches)}`);
+    const mid = await tileInfo(page, first);
+    await sleep(3000);
+    const later = await tileInfo(page, first);
+    const grew = later.frames - mid.frames;
+    if (grew < 25) throw new Error(`only ${grew} frames decoded in the 3 s after the ICE restart`);
+    if (later.retries !== retriesBefore || later.video !== 'playing') {
+      throw new Error(`the player reconnected instead (retries ${retriesBefore} → ${later.retries}, ${later.video})`);
+    }
+    return { camera: first, ice_restarts: restarted, patches: patched, frames_in_3s: grew };
+  });
 
   await check('screenshot', async () => {
     const path = join(artifactDir, 'viewer.png');
