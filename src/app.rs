@@ -131,11 +131,24 @@ pub async fn serve(
         config.cameras.iter().map(|c| c.name.clone()),
         services.metrics.registry(),
     );
+    // env INFERCAST_UDP_LISTEN overrides [webrtc] udp_listen (containers, tests).
+    let udp_listen = match std::env::var("INFERCAST_UDP_LISTEN") {
+        Ok(v) if !v.trim().is_empty() => Some(
+            v.trim()
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| AppError::Config(format!("INFERCAST_UDP_LISTEN={v:?}: not an IP:port address ({e})")))?,
+        ),
+        _ => config.webrtc.udp_listen,
+    };
     let sfu_config = crate::sfu::SfuConfig {
         gop_resend_bps: config.limits.gop_resend_bps,
+        udp_listen,
         ..crate::sfu::SfuConfig::from(&config.webrtc)
     };
-    let sfu = Arc::new(crate::sfu::Sfu::with_metrics(sfu_config, services.metrics.registry()));
+    let sfu = Arc::new(
+        crate::sfu::Sfu::start(sfu_config, services.metrics.registry())
+            .map_err(|e| AppError::Config(format!("[webrtc] udp_listen {udp_listen:?}: cannot bind: {e}")))?,
+    );
     let cameras = Arc::new(cameras);
     let cluster_task = match (&cluster, &config.nats) {
         (Some(cluster), Some(nats)) => {

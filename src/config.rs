@@ -118,6 +118,13 @@ pub struct WebRtcConfig {
     /// answer is ended, with its port and peer connection, in ms (default 10000,
     /// range 1000..=15000).
     pub connect_timeout_ms: u64,
+    /// Every viewer session on this one UDP port, e.g. `"0.0.0.0:8189"` (the
+    /// one-port SFU: ICE-lite, sans-IO, batched sends); host candidates on
+    /// `udp_ips` at that port. Unset (default): the per-session SFU, a port
+    /// per session (`udp_port_range`). Not yet: ICE-TCP, PATCH.
+    pub udp_listen: Option<std::net::SocketAddr>,
+    /// Send workers of the one-port SFU (default: one per core).
+    pub send_workers: Option<usize>,
 }
 
 impl Default for WebRtcConfig {
@@ -128,6 +135,8 @@ impl Default for WebRtcConfig {
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
             connect_timeout_ms: 10_000,
+            udp_listen: None,
+            send_workers: None,
         }
     }
 }

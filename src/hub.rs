@@ -1,9 +1,12 @@
 //! The hub: per camera × track (`raw`, `annotated`) a broadcast of access units
 //! with the current GOP cached from its keyframe, so a new subscriber starts at
 //! once. A slow subscriber loses its own data; publishing never waits.
+//! Viewers are counted per track: each subscription of the per-session SFU,
+//! plus the sessions of a relay subscription (the one-port SFU's shards
+//! share one per track and count their sessions with [`Track::add_viewer`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -66,6 +69,10 @@ pub struct Track {
     keyframe_requested: AtomicBool,
     /// When the producer last took a keyframe request.
     keyframe_granted_at: Mutex<Option<Instant>>,
+    /// Relay subscriptions now (not viewers themselves).
+    relays: Arc<AtomicUsize>,
+    /// Viewers fed through relays.
+    relayed_viewers: Arc<AtomicUsize>,
 }
 
 /// What a new subscriber gets: the cached GOP (starting at a keyframe, possibly
@@ -77,6 +84,24 @@ pub struct Subscription {
     resync: bool,
     /// Access units this subscriber lost by being slow.
     pub lost: u64,
+    /// Set for a relay: not a viewer itself (see [`Track::subscribe_relay`]).
+    _relay: Option<CountGuard>,
+}
+
+/// Decrements its counter when dropped.
+pub struct CountGuard(Arc<AtomicUsize>);
+
+impl CountGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> CountGuard {
+        counter.fetch_add(1, Ordering::Relaxed);
+        CountGuard(counter.clone())
+    }
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Subscription {
@@ -121,6 +146,8 @@ impl Track {
             gop: Mutex::default(),
             keyframe_requested: AtomicBool::new(false),
             keyframe_granted_at: Mutex::new(None),
+            relays: Arc::default(),
+            relayed_viewers: Arc::default(),
         }
     }
 
@@ -153,12 +180,34 @@ impl Track {
         let rx = self.tx.subscribe();
         let cached = if gop.complete { gop.access_units.clone() } else { Vec::new() };
         // Without a cached keyframe the live feed must start at one.
-        Subscription { resync: cached.is_empty(), gop: cached, rx, lost: 0 }
+        Subscription { resync: cached.is_empty(), gop: cached, rx, lost: 0, _relay: None }
     }
 
-    /// Current number of subscribers.
+    /// Like [`Track::subscribe`], for a relay that feeds several viewers (a
+    /// shard of the one-port SFU): it does not count as a viewer; each of its
+    /// viewers holds an [`Track::add_viewer`] guard instead.
+    pub fn subscribe_relay(&self) -> Subscription {
+        let mut sub = self.subscribe();
+        sub._relay = Some(CountGuard::new(&self.relays));
+        sub
+    }
+
+    /// Counts one viewer fed through a relay until the guard is dropped.
+    pub fn add_viewer(&self) -> CountGuard {
+        CountGuard::new(&self.relayed_viewers)
+    }
+
+    /// The cached GOP now (from its keyframe; empty while none is complete).
+    pub fn gop(&self) -> Vec<AccessUnit> {
+        let gop = self.gop.lock().expect("hub lock is never poisoned: no panics while held");
+        if gop.complete { gop.access_units.clone() } else { Vec::new() }
+    }
+
+    /// Current number of viewers: subscribers, relays not counted, plus the
+    /// viewers relays feed.
     pub fn subscriber_count(&self) -> usize {
-        self.tx.receiver_count()
+        let relays = self.relays.load(Ordering::Relaxed);
+        self.tx.receiver_count().saturating_sub(relays) + self.relayed_viewers.load(Ordering::Relaxed)
     }
 
     /// Drops the cached GOP (the source restarted; old pictures no longer apply).

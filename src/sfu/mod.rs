@@ -15,7 +15,9 @@ mod patch;
 mod ports;
 mod resend;
 mod rtcp;
+mod rtp_state;
 pub mod sdpfrag;
+pub mod v2;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -44,6 +46,7 @@ use self::metrics::{SessionMetrics, SfuMetrics};
 pub use self::offer::{ChosenCodec, check_offer};
 pub use self::packetize::{DEFAULT_MAX_PAYLOAD, packetize_h264, payload_nal_types};
 pub use self::patch::Patched;
+use self::rtp_state::RtpState;
 use crate::codec::annexb::{nal_type, nal_units, profile_level_id};
 use crate::hub::{CameraTracks, TrackKind};
 use crate::media::AccessUnit;
@@ -100,6 +103,11 @@ pub struct SfuConfig {
     pub disconnected_timeout: Duration,
     /// Cached-GOP resend bandwidth, all sessions together, bits/s.
     pub gop_resend_bps: u64,
+    /// `[webrtc] udp_listen`: every session on this one UDP port (the
+    /// one-port SFU, [`v2`]) instead of ports of their own.
+    pub udp_listen: Option<std::net::SocketAddr>,
+    /// Send workers of the one-port SFU (default: one per core).
+    pub send_workers: Option<usize>,
 }
 
 impl Default for SfuConfig {
@@ -118,6 +126,8 @@ impl From<&crate::config::WebRtcConfig> for SfuConfig {
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             disconnected_timeout: Duration::from_secs(10),
             gop_resend_bps: crate::config::LimitsConfig::default().gop_resend_bps,
+            udp_listen: c.udp_listen,
+            send_workers: c.send_workers,
         }
     }
 }
@@ -150,9 +160,13 @@ pub struct Sfu {
     sessions: Sessions,
     metrics: Option<SfuMetrics>,
     resend: Arc<resend::ResendBudget>,
+    /// The one-port SFU, when `udp_listen` is set: it then serves every session.
+    one_port: Option<Arc<v2::OnePort>>,
 }
 
 impl Sfu {
+    /// The per-session SFU (webrtc 0.21, a port per session). Ignores
+    /// `udp_listen`; see [`Sfu::start`].
     pub fn new(config: SfuConfig) -> Sfu {
         Sfu {
             ports: ports::PortPool::new(config.udp_port_range),
@@ -160,6 +174,7 @@ impl Sfu {
             config,
             sessions: Arc::default(),
             metrics: None,
+            one_port: None,
         }
     }
 
@@ -168,8 +183,36 @@ impl Sfu {
         Sfu { metrics: SfuMetrics::register(registry), ..Sfu::new(config) }
     }
 
+    /// The SFU the config asks for, metrics in `registry`: with `udp_listen`
+    /// the one-port SFU, bound now (inside a tokio runtime). Errors if that
+    /// address cannot be bound.
+    pub fn start(config: SfuConfig, registry: &prometheus::Registry) -> std::io::Result<Sfu> {
+        let mut sfu = Sfu::with_metrics(config, registry);
+        if let Some(listen) = sfu.config.udp_listen {
+            let c = &sfu.config;
+            let one_port = v2::OnePortConfig {
+                listen,
+                candidate_ips: c.udp_ips.clone(),
+                public_ips: c.public_ips.clone(),
+                shards: c.send_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                connect_timeout: c.connect_timeout,
+                disconnected_timeout: c.disconnected_timeout,
+            };
+            sfu.one_port = Some(v2::OnePort::bind(one_port, sfu.metrics.clone())?);
+        }
+        Ok(sfu)
+    }
+
+    /// The one-port SFU's UDP address, when it serves.
+    pub fn udp_listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.one_port.as_ref().map(|o| o.local_addr())
+    }
+
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
+        if let Some(o) = &self.one_port {
+            return o.session_count();
+        }
         self.sessions.lock().expect("sfu lock is never poisoned").len()
     }
 
@@ -189,9 +232,12 @@ impl Sfu {
         offer_sdp: &str,
         held: Box<dyn Send>,
     ) -> Result<CreatedSession, SfuError> {
+        let posted_at = Instant::now();
+        if let Some(o) = &self.one_port {
+            return o.create_session(camera, tracks, kind, offer_sdp, held, posted_at).await;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (sfu, camera, offer_sdp) = (self.clone(), camera.to_owned(), offer_sdp.to_owned());
-        let posted_at = Instant::now();
         tokio::spawn(async move {
             let created = sfu.set_up_session(&camera, tracks, kind, &offer_sdp, held, posted_at).await;
             if let Err(Ok(orphan)) = tx.send(created) {
@@ -359,6 +405,9 @@ impl Sfu {
     /// Ends session `id` of `camera`'s `kind` track: closes its peer connection
     /// and waits (briefly) for its task to stop.
     pub async fn delete_session(&self, camera: &str, kind: TrackKind, id: &str) -> Result<(), SfuError> {
+        if let Some(o) = &self.one_port {
+            return o.delete_session(camera, kind, id).await;
+        }
         let entry = {
             let mut sessions = self.sessions.lock().expect("sfu lock is never poisoned");
             match sessions.get(id) {
@@ -376,6 +425,9 @@ impl Sfu {
 
     /// Ends every session (shutdown).
     pub async fn close_all(&self) {
+        if let Some(o) = &self.one_port {
+            o.close_all().await;
+        }
         let entries: Vec<SessionEntry> =
             self.sessions.lock().expect("sfu lock is never poisoned").drain().map(|(_, e)| e).collect();
         Sfu::close_entries(entries).await;
@@ -384,6 +436,9 @@ impl Sfu {
     /// Ends every session of `camera` (cluster mode: another node pulls it
     /// now; the players reconnect there).
     pub async fn close_camera(&self, camera: &str) {
+        if let Some(o) = &self.one_port {
+            o.close_camera(camera).await;
+        }
         let entries: Vec<SessionEntry> = {
             let mut sessions = self.sessions.lock().expect("sfu lock is never poisoned");
             let ids: Vec<SessionId> =
@@ -603,105 +658,4 @@ impl Session {
 enum Next {
     Media(Option<AccessUnit>),
     Event(Option<TrackLocalEvent>),
-}
-
-/// Sequence numbers and timestamps of one outgoing RTP stream.
-struct RtpState {
-    ssrc: u32,
-    payload_type: u8,
-    sequence_number: u16,
-    /// RTP timestamp = pts + offset (mod 2³²), kept monotonic across source jumps.
-    offset: Option<i64>,
-    last_pts: i64,
-    last_timestamp: i64,
-    /// Next timestamp restarts right after the last one (resent GOP).
-    reanchor: bool,
-}
-
-/// How far (90 kHz) a B-frame's pts may lie before the previous access unit's
-/// in decode order: 1 s, far more than any reorder depth cameras use.
-const MAX_REORDER_90K: i64 = 90_000;
-
-impl RtpState {
-    fn new(ssrc: u32, payload_type: u8) -> RtpState {
-        RtpState {
-            ssrc,
-            payload_type,
-            sequence_number: rand::random(),
-            offset: None,
-            last_pts: 0,
-            last_timestamp: 0,
-            reanchor: false,
-        }
-    }
-
-    /// The RTP timestamp of an access unit with `pts` (decode order).
-    fn timestamp(&mut self, pts: i64, keyframe: bool) -> u32 {
-        let offset = match self.offset {
-            None => i64::from(rand::random::<u32>()) - pts,
-            // Source restarted, jumped or a GOP is resent: continue one frame on.
-            // A small step back on a delta frame is a B-frame (decode order ≠
-            // presentation order): its timestamp must stay its presentation time.
-            // A keyframe is never shown before the frames sent ahead of it.
-            Some(_)
-                if self.reanchor
-                    || (keyframe && pts < self.last_pts)
-                    || pts < self.last_pts - MAX_REORDER_90K
-                    || pts - self.last_pts > 5 * 90_000 =>
-            {
-                self.last_timestamp + 3000 - pts
-            }
-            Some(o) => o,
-        };
-        self.offset = Some(offset);
-        self.reanchor = false;
-        self.last_pts = pts;
-        let timestamp = pts + offset;
-        self.last_timestamp = self.last_timestamp.max(timestamp);
-        timestamp as u32
-    }
-
-    fn packet(&mut self, timestamp: u32, marker: bool, payload: bytes::Bytes) -> rtc::rtp::Packet {
-        let header = rtc::rtp::header::Header {
-            version: 2,
-            marker,
-            payload_type: self.payload_type,
-            sequence_number: self.sequence_number,
-            timestamp,
-            ssrc: self.ssrc,
-            ..Default::default()
-        };
-        self.sequence_number = self.sequence_number.wrapping_add(1);
-        rtc::rtp::Packet { header, payload }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_follow_pts_and_stay_monotonic_across_jumps() {
-        let mut r = RtpState::new(1, 96);
-        let t0 = r.timestamp(1000, true);
-        assert_eq!(r.timestamp(4600, false).wrapping_sub(t0), 3600);
-        // Source restarted at pts 0 (with a keyframe): continues one frame on.
-        assert_eq!(r.timestamp(0, true).wrapping_sub(t0), 3600 + 3000);
-        r.reanchor = true;
-        assert_eq!(r.timestamp(0, true).wrapping_sub(t0), 3600 + 6000);
-        assert_eq!(r.timestamp(3600, false).wrapping_sub(t0), 3600 + 9600);
-        // A jump forward by more than 5 s continues one frame on too.
-        assert_eq!(r.timestamp(3600 + 10 * 90_000, false).wrapping_sub(t0), 3600 + 12600);
-    }
-
-    #[test]
-    fn b_frames_keep_their_presentation_time() {
-        let mut r = RtpState::new(1, 96);
-        // Decode order I0 P3 B1 B2 P6 (pts in frames of 3600 ticks).
-        let ts: Vec<u32> = [0, 3, 1, 2, 6].iter().map(|&f| r.timestamp(f * 3600, f == 0)).collect();
-        let rel: Vec<u32> = ts.iter().map(|t| t.wrapping_sub(ts[0])).collect();
-        assert_eq!(rel, [0, 3 * 3600, 3600, 2 * 3600, 6 * 3600]);
-        // A real restart still continues one frame after the latest timestamp.
-        assert_eq!(r.timestamp(0, true).wrapping_sub(ts[0]), 6 * 3600 + 3000);
-    }
 }

@@ -86,6 +86,12 @@ impl Sfu {
         if_match: Option<&str>,
         body: &str,
     ) -> Result<Patched, SfuError> {
+        if self.one_port.is_some() {
+            return Err(SfuError::Unprocessable(
+                "the one-port SFU (ICE-lite) takes no PATCH yet: it learns the viewer's addresses from its checks"
+                    .into(),
+            ));
+        }
         let control = {
             let sessions = self.sessions.lock().expect("sfu lock is never poisoned");
             match sessions.get(id) {

@@ -1,0 +1,352 @@
+//! One viewer of the one-port SFU: a sans-IO peer connection (`rtc` 0.21,
+//! ICE-lite, DTLS client, SRTP keys of its own) that a shard drives with
+//! datagrams and time, and feeds access units as H.264 RTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::network_type::NetworkType;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_rtcp_reports};
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MediaEngine};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use super::super::metrics::SessionMetrics;
+use super::super::rtp_state::RtpState;
+use super::super::{ChosenCodec, DEFAULT_MAX_PAYLOAD, SfuError, packetize_h264, rtcp};
+use super::batch::Batch;
+use crate::hub::{CameraTracks, CountGuard, TrackKind};
+use crate::media::AccessUnit;
+
+fn webrtc_err(e: impl std::fmt::Display) -> SfuError {
+    SfuError::WebRtc(e.to_string())
+}
+
+/// `len` random characters of the ICE alphabet (RFC 8839 `ice-char`).
+pub fn ice_token(len: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len).map(|_| char::from(CHARS[rand::random_range(0..CHARS.len())])).collect()
+}
+
+/// What a shard needs to know about a session it was handed.
+pub(super) struct Session {
+    pub id: String,
+    pub camera: String,
+    pub kind: TrackKind,
+    pub ufrag: String,
+    pc: RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    rtp: RtpState,
+    pub tracks: Arc<CameraTracks>,
+    pub state: RTCPeerConnectionState,
+    pub created_at: Instant,
+    /// When the viewer last sent anything (consent checks come every few
+    /// seconds; an ICE-lite agent sends none of its own to notice silence).
+    pub last_received: Instant,
+    /// `received_at` of the last access unit sent (the GOP and the live feed overlap).
+    last_sent: Option<Instant>,
+    /// Wait for a keyframe before sending (nothing cached at connect).
+    need_keyframe: bool,
+    /// When the WHEP POST came; taken at the first keyframe sent.
+    posted_at: Option<Instant>,
+    last_keyframe_request: Option<Instant>,
+    pub metrics: SessionMetrics,
+    /// The local address datagrams arrive on (for the ICE agent).
+    local_addr: SocketAddr,
+    _viewer: CountGuard,
+    _held: Box<dyn Send>,
+}
+
+/// The pieces [`Session::new`] needs.
+pub(super) struct NewSession<'a> {
+    pub id: String,
+    pub camera: &'a str,
+    pub kind: TrackKind,
+    pub tracks: Arc<CameraTracks>,
+    pub offer: rtc::peer_connection::sdp::RTCSessionDescription,
+    pub chosen: ChosenCodec,
+    pub candidates: &'a [SocketAddr],
+    pub local_addr: SocketAddr,
+    pub metrics: SessionMetrics,
+    pub held: Box<dyn Send>,
+    pub posted_at: Instant,
+}
+
+impl Session {
+    /// Answers the offer: the session and its SDP answer (every candidate in it).
+    pub fn new(n: NewSession<'_>) -> Result<(Session, String), SfuError> {
+        let codec = RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: n.chosen.fmtp.clone(),
+            rtcp_feedback: vec![],
+        };
+        let mut media_engine = MediaEngine::default();
+        media_engine
+            .register_codec(
+                RTCRtpCodecParameters { rtp_codec: codec.clone(), payload_type: n.chosen.payload_type },
+                RtpCodecKind::Video,
+            )
+            .map_err(webrtc_err)?;
+        // A send-only viewer needs the NACK responder and sender reports only.
+        let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut media_engine))
+            .with(rtc::interceptor::Slot::from(14_000), rtcp::KeyframeRequestForwarder::new(n.metrics.nacks.clone()));
+        let ufrag = ice_token(16);
+        let settings = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_answering_dtls_role(RTCDtlsRole::Client)
+            .with_ice_credentials(ufrag.clone(), ice_token(32))
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
+            .build();
+        let now = Instant::now();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(webrtc_err)?;
+        pc.set_remote_description(now, n.offer)
+            .map_err(|e| SfuError::MalformedOffer(format!("offer rejected: {e}")))?;
+        let ssrc = rand::random::<u32>();
+        let track = MediaStreamTrack::new(
+            format!("infercast-{}", n.camera),
+            format!("{}-{}", n.camera, n.kind.as_str()),
+            format!("{} {}", n.camera, n.kind.as_str()),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                codec,
+                ..Default::default()
+            }],
+        );
+        let sender = pc.add_track(track).map_err(webrtc_err)?;
+        for addr in n.candidates {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: addr.ip().to_string(),
+                    port: addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()
+            .map_err(webrtc_err)?;
+            let init = RTCIceCandidate::from(&candidate).to_json().map_err(webrtc_err)?;
+            pc.add_local_candidate(init).map_err(webrtc_err)?;
+        }
+        let answer = pc.create_answer(None).map_err(webrtc_err)?;
+        pc.set_local_description(now, answer).map_err(webrtc_err)?;
+        let answer_sdp = pc.local_description().ok_or_else(|| webrtc_err("no local description"))?.sdp;
+        let payload_type = pc
+            .rtp_sender(sender)
+            .and_then(|mut s| s.get_parameters().rtp_parameters.codecs.first().map(|c| c.payload_type))
+            .unwrap_or(n.chosen.payload_type);
+        let viewer = n.tracks.track(n.kind).add_viewer();
+        let session = Session {
+            id: n.id,
+            camera: n.camera.to_owned(),
+            kind: n.kind,
+            ufrag,
+            pc,
+            sender,
+            rtp: RtpState::new(ssrc, payload_type),
+            tracks: n.tracks,
+            state: RTCPeerConnectionState::New,
+            created_at: now,
+            last_received: now,
+            last_sent: None,
+            need_keyframe: true,
+            posted_at: Some(n.posted_at),
+            last_keyframe_request: None,
+            metrics: n.metrics,
+            local_addr: n.local_addr,
+            _viewer: viewer,
+            _held: n.held,
+        };
+        Ok((session, answer_sdp))
+    }
+
+    /// A datagram from the viewer.
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: BytesMut) {
+        self.last_received = Instant::now();
+        let local_addr =
+            if from.ip().is_loopback() { SocketAddr::new(from.ip(), self.local_addr.port()) } else { self.local_addr };
+        let msg = TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: data,
+        };
+        if let Err(e) = self.pc.handle_read(msg) {
+            tracing::trace!(session = %self.id, "datagram refused: {e}");
+        }
+    }
+
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        self.pc.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Err(e) = self.pc.handle_timeout(now) {
+            tracing::trace!(session = %self.id, "timeout handling: {e}");
+        }
+    }
+
+    /// Moves the connection's output into `batch`, applies its events and
+    /// answers the viewer's RTCP; true if it just connected.
+    pub fn service(&mut self, batch: &mut Batch) -> bool {
+        let mut connected_now = false;
+        loop {
+            while let Some(msg) = self.pc.poll_write() {
+                batch.push(msg.transport.peer_addr, msg.message);
+            }
+            let mut progressed = false;
+            while let Some(event) = self.pc.poll_event() {
+                progressed = true;
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                    tracing::debug!(session = %self.id, "viewer peer connection: {state}");
+                    if state == RTCPeerConnectionState::Connected && self.state != state {
+                        connected_now = true;
+                    }
+                    self.state = state;
+                }
+            }
+            while let Some(msg) = self.pc.poll_read() {
+                progressed = true;
+                if let RTCMessage::RtcpPacket(_, packets) = msg.message {
+                    self.on_rtcp(&packets);
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if connected_now {
+            self.start();
+            while let Some(msg) = self.pc.poll_write() {
+                batch.push(msg.transport.peer_addr, msg.message);
+            }
+        }
+        connected_now
+    }
+
+    /// Just connected: the cached GOP at once (or a keyframe asked for).
+    fn start(&mut self) {
+        let track = self.tracks.track(self.kind);
+        let gop = track.gop();
+        if gop.is_empty() {
+            if self.kind == TrackKind::Annotated {
+                track.request_keyframe();
+            }
+            return;
+        }
+        for au in &gop {
+            self.send(au, false);
+        }
+    }
+
+    fn on_rtcp(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        if !packets.iter().any(|p| rtcp::is_keyframe_request(p.as_ref()))
+            || self.last_keyframe_request.is_some_and(|t| t.elapsed() < super::super::resend::GOP_RESEND_INTERVAL)
+        {
+            return;
+        }
+        self.metrics.keyframe_requests.inc();
+        self.last_keyframe_request = Some(Instant::now());
+        let track = self.tracks.track(self.kind);
+        match self.kind {
+            TrackKind::Annotated => track.request_keyframe(),
+            TrackKind::Raw => {
+                let gop = track.gop();
+                if gop.is_empty() {
+                    return;
+                }
+                self.metrics.gop_resent.inc();
+                self.rtp.reanchor = true;
+                self.last_sent = None;
+                for au in &gop {
+                    self.send(au, false);
+                }
+            }
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.state == RTCPeerConnectionState::Connected
+    }
+
+    /// Sends `au` if the viewer is connected, it is not sent yet, and (after
+    /// a start without a cached GOP) a keyframe has come.
+    pub fn send(&mut self, au: &AccessUnit, live: bool) {
+        if !self.is_connected() || self.last_sent.is_some_and(|t| au.received_at <= t) {
+            return;
+        }
+        if self.need_keyframe && !au.keyframe {
+            return;
+        }
+        self.need_keyframe = false;
+        self.last_sent = Some(au.received_at);
+        let payloads = au.rtp_payloads.get_or_init(|| {
+            let mut payloads = Vec::new();
+            packetize_h264(&au.data, DEFAULT_MAX_PAYLOAD, &mut payloads);
+            payloads
+        });
+        let timestamp = self.rtp.timestamp(au.pts_90k, au.keyframe);
+        let n = payloads.len();
+        let mut bytes = 0;
+        let now = Instant::now();
+        for (i, payload) in payloads.iter().enumerate() {
+            bytes += payload.len();
+            let packet = self.rtp.packet(timestamp, i + 1 == n, payload.clone());
+            let Some(mut sender) = self.pc.rtp_sender(self.sender) else { return };
+            if let Err(e) = sender.write_rtp(now, packet) {
+                tracing::debug!(session = %self.id, "RTP write failed: {e}");
+                return;
+            }
+            if i == 0
+                && au.keyframe
+                && let Some(posted_at) = self.posted_at.take()
+            {
+                self.metrics.time_to_first_frame.observe(posted_at.elapsed().as_secs_f64());
+            }
+        }
+        self.metrics.packets_sent.inc_by(n as u64);
+        self.metrics.bytes_sent.inc_by(bytes as u64);
+        if live {
+            self.metrics.send_latency.observe(au.received_at.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Closes the connection (DTLS close_notify goes out with the next service).
+    pub fn close(&mut self) {
+        if let Err(e) = self.pc.close() {
+            tracing::debug!(session = %self.id, "closing peer connection: {e}");
+        }
+    }
+}

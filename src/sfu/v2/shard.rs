@@ -1,0 +1,241 @@
+//! A send worker of the one-port SFU: owns a set of sessions, one relay
+//! subscription per camera track they watch (one wake-up per access unit for
+//! the whole shard, not one per viewer), drives their peer connections with
+//! datagrams and timers, and flushes what they write in `sendmmsg` batches.
+//! The session that goes first rotates with every access unit.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::batch::Batch;
+use super::demux::Routes;
+use super::session::Session;
+use crate::hub::TrackKind;
+use crate::media::AccessUnit;
+
+/// What a shard is told.
+pub(super) enum ShardMsg {
+    Add(Box<Session>),
+    Datagram {
+        session: String,
+        from: SocketAddr,
+        data: BytesMut,
+    },
+    Media {
+        key: (String, TrackKind),
+        au: AccessUnit,
+    },
+    /// End a session; the reply comes once it is closed.
+    Remove {
+        session: String,
+        done: oneshot::Sender<()>,
+    },
+    /// A timer fired (internal).
+    Tick,
+}
+
+enum Wake {
+    Msg(ShardMsg),
+    Timer,
+}
+
+/// How long sessions may take to connect, and stay disconnected.
+#[derive(Clone, Copy)]
+pub(super) struct Timeouts {
+    pub connect: Duration,
+    pub disconnected: Duration,
+}
+
+/// What the shard tells the SFU when a session has ended.
+pub(super) type Ended = Arc<dyn Fn(&Session) + Send + Sync>;
+
+struct Group {
+    sessions: Vec<String>,
+    /// Index of the session that goes first with the next access unit.
+    first: usize,
+    relay: CancellationToken,
+}
+
+pub(super) struct Shard {
+    pub index: usize,
+    pub inbox: mpsc::Receiver<ShardMsg>,
+    pub to_self: mpsc::Sender<ShardMsg>,
+    pub batch: Batch,
+    pub routes: Arc<Routes>,
+    pub timeouts: Timeouts,
+    pub ended: Ended,
+    pub cancel: CancellationToken,
+    /// Datagrams dropped by the kernel (unreachable, too large).
+    pub send_failures: Arc<Mutex<u64>>,
+}
+
+impl Shard {
+    pub async fn run(mut self) {
+        let mut sessions: HashMap<String, Session> = HashMap::new();
+        let mut groups: HashMap<(String, TrackKind), Group> = HashMap::new();
+        let mut touched: Vec<String> = Vec::new();
+        loop {
+            let deadline = sessions.values_mut().filter_map(Session::next_timeout).min();
+            let sleep_until = deadline.map_or_else(
+                || tokio::time::Instant::now() + Duration::from_secs(1),
+                |d| tokio::time::Instant::from_std(d.max(Instant::now())),
+            );
+            let wake = tokio::select! {
+                m = self.inbox.recv() => match m {
+                    Some(m) => Wake::Msg(m),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(sleep_until) => Wake::Timer,
+                () = self.cancel.cancelled() => break,
+            };
+            let msg = match wake {
+                Wake::Msg(msg) => msg,
+                Wake::Timer => {
+                    let now = Instant::now();
+                    for s in sessions.values_mut() {
+                        if s.next_timeout().is_some_and(|t| t <= now) {
+                            s.handle_timeout(now);
+                            touched.push(s.id.clone());
+                        }
+                    }
+                    ShardMsg::Tick
+                }
+            };
+            match msg {
+                ShardMsg::Add(session) => {
+                    let key = (session.camera.clone(), session.kind);
+                    let group = groups.entry(key.clone()).or_insert_with(|| {
+                        let relay = self.cancel.child_token();
+                        spawn_relay(key, session.tracks.clone(), self.to_self.clone(), relay.clone());
+                        Group { sessions: Vec::new(), first: 0, relay }
+                    });
+                    group.sessions.push(session.id.clone());
+                    touched.push(session.id.clone());
+                    sessions.insert(session.id.clone(), *session);
+                }
+                ShardMsg::Datagram { session, from, data } => {
+                    if let Some(s) = sessions.get_mut(&session) {
+                        s.handle_datagram(from, data);
+                        touched.push(session);
+                    }
+                }
+                ShardMsg::Tick => {}
+                ShardMsg::Media { key, au } => {
+                    if let Some(group) = groups.get_mut(&key) {
+                        let n = group.sessions.len();
+                        for i in 0..n {
+                            let id = &group.sessions[(group.first + i) % n];
+                            if let Some(s) = sessions.get_mut(id) {
+                                s.send(&au, true);
+                                s.service(&mut self.batch);
+                            }
+                        }
+                        group.first = (group.first + 1) % n.max(1);
+                    }
+                }
+                ShardMsg::Remove { session, done } => {
+                    if let Some(s) = sessions.get_mut(&session) {
+                        s.close();
+                        s.service(&mut self.batch);
+                        self.flush().await;
+                        if let Some(s) = sessions.remove(&session) {
+                            self.forget(&s, &mut groups);
+                        }
+                    }
+                    let _ = done.send(());
+                }
+            }
+            for id in touched.drain(..) {
+                if let Some(s) = sessions.get_mut(&id) {
+                    s.service(&mut self.batch);
+                }
+            }
+            self.flush().await;
+            let now = Instant::now();
+            let over: Vec<String> = sessions.values().filter(|s| self.expired(s, now)).map(|s| s.id.clone()).collect();
+            for id in over {
+                if let Some(mut s) = sessions.remove(&id) {
+                    s.close();
+                    s.service(&mut self.batch);
+                    self.forget(&s, &mut groups);
+                }
+            }
+            self.flush().await;
+        }
+        for (_, mut s) in sessions.drain() {
+            s.close();
+            s.service(&mut self.batch);
+            self.routes.remove(&s.ufrag, &s.id);
+            (self.ended)(&s);
+        }
+        self.flush().await;
+    }
+
+    async fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let failed = self.batch.flush().await;
+        if failed > 0 {
+            *self.send_failures.lock().expect("counter lock is never poisoned") += failed as u64;
+        }
+    }
+
+    /// Whether a session is over: failed or closed, never connected within
+    /// the connect timeout, silent or disconnected for longer than allowed.
+    fn expired(&self, s: &Session, now: Instant) -> bool {
+        match s.state {
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => true,
+            // Silence this long means the viewer is gone (no consent checks).
+            RTCPeerConnectionState::Connected | RTCPeerConnectionState::Disconnected => {
+                now.duration_since(s.last_received) > self.timeouts.disconnected
+            }
+            _ => now.duration_since(s.created_at) > self.timeouts.connect,
+        }
+    }
+
+    fn forget(&self, s: &Session, groups: &mut HashMap<(String, TrackKind), Group>) {
+        let key = (s.camera.clone(), s.kind);
+        if let Some(group) = groups.get_mut(&key) {
+            group.sessions.retain(|id| *id != s.id);
+            if group.sessions.is_empty() {
+                group.relay.cancel();
+                groups.remove(&key);
+            }
+        }
+        self.routes.remove(&s.ufrag, &s.id);
+        tracing::debug!(shard = self.index, session = %s.id, "session left the shard");
+        (self.ended)(s);
+    }
+}
+
+/// Forwards one camera track's live access units to the shard (one relay
+/// subscription, however many of the shard's sessions watch it).
+fn spawn_relay(
+    key: (String, TrackKind),
+    tracks: Arc<crate::hub::CameraTracks>,
+    to: mpsc::Sender<ShardMsg>,
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut sub = tracks.track(key.1).subscribe_relay();
+        sub.gop.clear(); // each session takes the GOP itself when it connects
+        loop {
+            let au = tokio::select! {
+                au = sub.next() => au,
+                () = cancel.cancelled() => return,
+            };
+            let Some(au) = au else { return };
+            if to.send(ShardMsg::Media { key: key.clone(), au }).await.is_err() {
+                return;
+            }
+        }
+    });
+}
