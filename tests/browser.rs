@@ -161,6 +161,9 @@ fn viewer_page_in_chromium() {
     ]);
     app.token = Some(token.clone());
     app.wait_for("/api/cameras", Duration::from_secs(20), |v| all_streaming(v, 2));
+    // `scripts/test` runs this test a second time on the one-port SFU.
+    let one_port = std::env::var_os("INFERCAST_UDP_LISTEN").is_some();
+    assert!(!one_port || app.log().contains("one-port SFU listening"), "{}", app.log());
     app.wait_for("/api/labels", Duration::from_secs(20), |v| v.as_array().is_some_and(|a| a.len() == 2));
 
     let artifacts = common::repo().join("target/test-artifacts");
@@ -201,6 +204,11 @@ fn viewer_page_in_chromium() {
             }
             "screenshot" => eprintln!("browser screenshot: {}", event["path"].as_str().unwrap_or_default()),
             "ready_for_restart" => {
+                if one_port {
+                    // The page is playing: every session on the server's one socket.
+                    let udp = common::process::udp_sockets(app.pid());
+                    assert_eq!(udp, 1, "UDP sockets of the one-port SFU while Chromium plays");
+                }
                 restart_cameras(&mut server, &app);
                 script.send("restarted");
             }

@@ -18,10 +18,29 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
+/// The one port when the suite runs on the one-port SFU (`scripts/test`
+/// runs it a second time with `INFERCAST_UDP_LISTEN`).
+fn one_port() -> Option<u16> {
+    let listen = std::env::var("INFERCAST_UDP_LISTEN").ok()?;
+    Some(listen.parse::<std::net::SocketAddr>().expect("INFERCAST_UDP_LISTEN is IP:port").port())
+}
+
+/// Asserts that every candidate line of `sdp` is on the one port, if the
+/// suite runs on it.
+fn assert_on_one_port(sdp: &str) {
+    let Some(port) = one_port() else { return };
+    let ports: Vec<&str> =
+        sdp.lines().filter(|l| l.contains("candidate:")).filter_map(|l| l.split_whitespace().nth(5)).collect();
+    assert!(!ports.is_empty() && ports.iter().all(|p| *p == port.to_string()), "candidates not all on {port}:\n{sdp}");
+}
+
 fn start_camera() -> (RtspServer, Infercast) {
     let server = RtspServer::start(&[("/cam1", CLIP)], None);
     let app = Infercast::start(&[&format!("door={}", server.url("/cam1"))]);
     app.wait_for("/api/cameras/door", Duration::from_secs(20), |c| c["state"] == "streaming");
+    if one_port().is_some() {
+        assert!(app.log().contains("one-port SFU listening"), "{}", app.log());
+    }
     (server, app)
 }
 
@@ -42,6 +61,7 @@ fn post_offer(app: &Infercast, viewer: &Viewer, path: &str) -> (String, String) 
         "answer has a loopback candidate:\n{}",
         r.body
     );
+    assert_on_one_port(&r.body);
     (location, r.body)
 }
 
@@ -186,6 +206,7 @@ fn trickle_ice_and_ice_restart_over_patch() {
     let (new_ufrag, new_pwd) = (ours.ice_ufrag.clone().unwrap(), ours.ice_pwd.clone().unwrap());
     assert_ne!(Some(new_ufrag.as_str()), infercast::sfu::sdpfrag::ice_ufrag(&answer), "new server credentials");
     assert!(!ours.candidates.is_empty() && r.body.contains("127.0.0.1"), "{}", r.body);
+    assert_on_one_port(&r.body);
     let mut renewed = infercast::sfu::sdpfrag::renewed_offer(&answer, &new_ufrag, &new_pwd);
     for c in &ours.candidates {
         renewed += &format!("a={c}\r\n");
@@ -509,7 +530,9 @@ fn webrtc_config_pins_ports_and_advertises_public_ips() {
     let viewer = rt.block_on(Viewer::new(Offer::H264));
     let (first, answer) = post_offer(&app, &viewer, "/whep/door/raw");
     let ports = candidate_ports(&answer, "127.0.0.1");
-    assert!(!ports.is_empty() && ports.iter().all(|p| (50000..=50001).contains(p)), "{answer}");
+    // The session's port: from the range, or the one port (which ignores the range).
+    let expected = |p: &u16| one_port().map_or((50000..=50001).contains(p), |one| *p == one);
+    assert!(!ports.is_empty() && ports.iter().all(expected), "{answer}");
     let lan = candidate_ports(&answer, "10.99.0.1");
     assert!(!lan.is_empty() && lan.iter().all(|p| *p == ports[0]), "one port per session on every IP:\n{answer}");
     // 1:1 NAT: the LAN candidate's public twin, same port; none for loopback.
@@ -528,6 +551,14 @@ fn webrtc_config_pins_ports_and_advertises_public_ips() {
     let links: Vec<&str> = second.headers.iter().filter(|(k, _)| k == "link").map(|(_, v)| v.as_str()).collect();
     assert_eq!(links, ["<stun:stun.example.org:3478>; rel=\"ice-server\""], "{:?}", second.headers);
     let ports2 = candidate_ports(&second.body, "127.0.0.1");
+    if one_port().is_some() {
+        // Every session on the one port: no range to use up.
+        assert_eq!(ports2, ports, "{}", second.body);
+        let third = post_offer(&app, &viewer, "/whep/door/raw");
+        assert_on_one_port(&third.1);
+        rt.block_on(viewer.close());
+        return;
+    }
     assert!(ports2.iter().all(|p| (50000..=50001).contains(p) && !ports.contains(p)), "{ports:?} {ports2:?}");
     // The range is used up: a clear error, and the sessions keep going.
     let r = whep_client::post(&app.base, "/whep/door/raw", "application/sdp", &viewer.offer_sdp);

@@ -10,10 +10,18 @@
 //! Everything runs in a private network namespace on 127.0.0.1, and the viewers
 //! share the machine's cores with the server: the client CPU is printed too.
 //!
-//! `cargo bench --bench fanout` (~4 min); env `FANOUT_VIEWERS` (levels, default
-//! `1,25,50,100,200,300,400`; viewers are added, never restarted, between levels),
-//! `FANOUT_WINDOW_S` (10), `FANOUT_SETTLE_S` (3), `FANOUT_ANNOTATED=0` (skip that
-//! phase). The ramp stops after a level where viewers failed to connect or loss
+//! Both SFUs run one after the other in one run, each with a fresh server: `v1`
+//! (a webrtc 0.21 peer connection per viewer, a UDP port each) and `v2` (the
+//! one-port SFU, `[webrtc] udp_listen`). With two or more cores the server is
+//! pinned to core 0 (`sched_setaffinity` through `taskset -a -p`, every thread)
+//! and this process, the viewers and the RTSP server to the others, so the
+//! server's CPU is one core's worth of work.
+//!
+//! `cargo bench --bench fanout` (~8 min); env `FANOUT_SFU` (`v1,v2`),
+//! `FANOUT_VIEWERS` (levels, default `1,20,100,200,300,400`; viewers are added,
+//! never restarted, between levels), `FANOUT_WINDOW_S` (10), `FANOUT_SETTLE_S`
+//! (3), `FANOUT_ANNOTATED=0` (skip that phase), `FANOUT_PIN=0` (no pinning).
+//! The ramp stops after a level where viewers failed to connect or loss
 //! exceeded 2 %: the machine no longer keeps up, and higher levels only take longer.
 
 #![allow(dead_code, clippy::unwrap_used)] // a benchmark: a failed unwrap is a failed run
@@ -25,6 +33,7 @@ mod report;
 mod viewer;
 
 use std::collections::HashMap;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,8 +46,9 @@ const SOURCE_FPS: f64 = 25.0;
 /// A viewer keeps full frame rate at ≥ 98 % of the source's.
 const MIN_FPS: f64 = 24.5;
 const MAX_LOSS_PCT: f64 = 0.1;
-const TARGET_VIEWERS_PER_CORE: f64 = 500.0;
-const TARGET_SEND_P95_MS: f64 = 2.0;
+const TARGET_VIEWERS_PER_CORE: f64 = 1000.0;
+/// Send latency p95 targets: (up to this many viewers, ms).
+const TARGET_SEND_P95_MS: [(usize, f64); 2] = [(20, 2.0), (200, 10.0)];
 const TARGET_ENCODED_P95_MS: f64 = 40.0;
 /// Viewers set up concurrently while ramping up.
 const CONNECT_BATCH: usize = 10;
@@ -62,39 +72,123 @@ fn main() {
         return;
     }
     let mut levels: Vec<usize> = std::env::var("FANOUT_VIEWERS")
-        .unwrap_or_else(|_| "1,25,50,100,200,300,400".into())
+        .unwrap_or_else(|_| "1,20,100,200,300,400".into())
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
         .filter(|n| *n > 0)
         .collect();
     levels.sort_unstable();
     levels.dedup();
-    let window = Duration::from_secs_f64(env_or("FANOUT_WINDOW_S", 10.0f64).clamp(1.0, 600.0));
-    let settle = Duration::from_secs_f64(env_or("FANOUT_SETTLE_S", 3.0f64).clamp(0.0, 60.0));
-    let with_annotated = env_or("FANOUT_ANNOTATED", 1u8) != 0;
-    let tck = clock_ticks_per_second();
+    let sfus: Vec<Sfu> = std::env::var("FANOUT_SFU")
+        .unwrap_or_else(|_| "v1,v2".into())
+        .split(',')
+        .filter_map(|s| match s.trim() {
+            "v1" => Some(Sfu::V1),
+            "v2" => Some(Sfu::V2),
+            other => {
+                println!("FANOUT_SFU: unknown SFU {other:?} (v1, v2)");
+                None
+            }
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = cores >= 2 && env_or("FANOUT_PIN", 1u8) != 0;
+    if pin {
+        // Before any thread or child: they inherit this process's affinity.
+        set_affinity(std::process::id(), &format!("1-{}", cores - 1));
+    }
+    let opts = Options {
+        levels,
+        window: Duration::from_secs_f64(env_or("FANOUT_WINDOW_S", 10.0f64).clamp(1.0, 600.0)),
+        settle: Duration::from_secs_f64(env_or("FANOUT_SETTLE_S", 3.0f64).clamp(0.0, 60.0)),
+        with_annotated: env_or("FANOUT_ANNOTATED", 1u8) != 0,
+        pin,
+    };
     println!("load average at start: {}; speed reference {:.0} ms", load_average(), speed_reference_ms());
-
     let camera = RtspServer::start(&[("/cam", rtsp::CLIP_1280X720)], None);
-    let config = common::scratch_dir("fanout").join("fanout.toml");
-    std::fs::write(&config, "[webrtc]\nudp_ips = [\"127.0.0.1\"]\n").unwrap();
-    let app = Infercast::start(&["--config", config.to_str().unwrap(), &format!("{CAMERA}={}", camera.url("/cam"))]);
-    app.wait_for(&format!("/api/cameras/{CAMERA}"), Duration::from_secs(30), |c| c["state"] == "streaming");
     println!(
-        "fanout: clip {} (25 fps), levels {levels:?}, window {:.0} s, settle {:.0} s, {} cores",
+        "fanout: clip {} (25 fps), SFUs {sfus:?}, levels {:?}, window {:.0} s, settle {:.0} s, {cores} cores, {}",
         rtsp::CLIP_1280X720,
-        window.as_secs_f64(),
-        settle.as_secs_f64(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        opts.levels,
+        opts.window.as_secs_f64(),
+        opts.settle.as_secs_f64(),
+        if pin { "server pinned to core 0, viewers and camera on the others" } else { "no pinning" }
     );
-    let procs = Procs { app: &app, camera_pid: camera.pid() };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut runs = Vec::new();
+    for sfu in sfus {
+        runs.push(run(sfu, &opts, &camera, &rt));
+    }
+    if runs.len() > 1 {
+        print_comparison(&runs);
+    }
+    println!("load average at end: {}; speed reference {:.0} ms", load_average(), speed_reference_ms());
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sfu {
+    V1,
+    V2,
+}
+
+impl Sfu {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sfu::V1 => "v1 (peer connection per viewer)",
+            Sfu::V2 => "v2 (one port, sharded, sendmmsg)",
+        }
+    }
+}
+
+struct Options {
+    levels: Vec<usize>,
+    window: Duration,
+    settle: Duration,
+    with_annotated: bool,
+    pin: bool,
+}
+
+/// One SFU's measured levels.
+pub struct Run {
+    pub sfu: Sfu,
+    pub rows: Vec<Row>,
+    pub annotated: Option<Row>,
+    /// Time to first frame over every raw viewer of the ramp: p50, p95, ms.
+    pub ttff_ms: (Option<f64>, Option<f64>),
+}
+
+/// Pins every thread of `pid` to `cpus` (a `taskset` list such as `0` or `1-3`).
+fn set_affinity(pid: u32, cpus: &str) {
+    let ok = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset -a -p -c {cpus} {pid} failed (util-linux)");
+}
+
+fn run(sfu: Sfu, opts: &Options, camera: &RtspServer, rt: &tokio::runtime::Runtime) -> Run {
+    let config = common::scratch_dir("fanout").join(format!("fanout-{sfu:?}.toml"));
+    let listen = match sfu {
+        Sfu::V1 => "",
+        Sfu::V2 => "udp_listen = \"127.0.0.1:18189\"\n",
+    };
+    std::fs::write(&config, format!("[webrtc]\nudp_ips = [\"127.0.0.1\"]\n{listen}")).unwrap();
+    let app = Infercast::start(&["--config", config.to_str().unwrap(), &format!("{CAMERA}={}", camera.url("/cam"))]);
+    if opts.pin {
+        set_affinity(app.pid(), "0");
+    }
+    app.wait_for(&format!("/api/cameras/{CAMERA}"), Duration::from_secs(30), |c| c["state"] == "streaming");
+    println!("\n# SFU {}", sfu.name());
+    let tck = clock_ticks_per_second();
+    let procs = Procs { app: &app, camera_pid: camera.pid() };
     // One window; again (at most twice) while other processes (a compiler) take over a quarter core.
     let timed = |label: &str, track: &str, viewers: &[Viewer], failed: usize| {
         let mut attempt = 0;
         loop {
             let a = procs.snapshot(viewers);
-            std::thread::sleep(window);
+            std::thread::sleep(opts.window);
             let row = measure(label, track, &a, &procs.snapshot(viewers), failed, tck);
             attempt += 1;
             if row.other_pct() <= BUSY_OTHER_PCT || attempt > BUSY_RETRIES {
@@ -108,12 +202,13 @@ fn main() {
     std::thread::sleep(Duration::from_secs(5));
     let baseline = timed("raw", "raw", &[], 0);
     println!("baseline (0 viewers): server {:.1} % of a core", baseline.server_pct);
+    let before_ramp = procs.snapshot(&[]).metrics;
     let mut rows = vec![baseline];
     let baseline_pct = rows[0].server_pct;
 
     let mut viewers = Vec::new();
     let mut failed = 0;
-    for &n in &levels {
+    for &n in &opts.levels {
         let t = Instant::now();
         let failures = rt.block_on(ramp(&mut viewers, n, &app.base, "raw"));
         failed += failures.len();
@@ -125,14 +220,16 @@ fn main() {
             if receiving { "" } else { ", not all receiving" },
             failures.first().map(|f| format!(", {} failed (first: {f})", failures.len())).unwrap_or_default()
         );
-        std::thread::sleep(settle);
+        std::thread::sleep(opts.settle);
         let row = timed("raw", "raw", &viewers, failed);
         println!(
-            "  server {:.1} %, loss {:.3} %, fps min {:.1}, send p95 {} ms",
+            "  server {:.1} %, loss {:.3} %, fps min {:.1}, send p50 / p95 / p99 {} / {} / {} ms",
             row.server_pct,
             row.loss_pct,
             row.fps_min,
-            ms(row.p95_ms)
+            ms(row.p50_ms),
+            ms(row.p95_ms),
+            ms(row.p99_ms)
         );
         let give_up = row.failed > 0 || row.loss_pct > GIVE_UP_LOSS_PCT;
         rows.push(row);
@@ -141,16 +238,22 @@ fn main() {
             break;
         }
     }
+    let after_ramp = procs.snapshot(&[]).metrics;
+    let ttff = |q| {
+        let (name, l) = ("infercast_webrtc_time_to_first_frame_seconds", [("track", "raw")]);
+        quantile(&buckets(&before_ramp, name, &l), &buckets(&after_ramp, name, &l), q).map(|s| s * 1e3)
+    };
+    let ttff_ms = (ttff(0.5), ttff(0.95));
     rt.block_on(close(std::mem::take(&mut viewers), &app.base));
 
     let mut annotated = None;
-    if with_annotated {
+    if opts.with_annotated {
         std::thread::sleep(Duration::from_secs(2));
         let mut one = Vec::new();
         let failures = rt.block_on(ramp(&mut one, 1, &app.base, "annotated"));
         let receiving = rt.block_on(all_receiving(&one, Duration::from_secs(15)));
         if failures.is_empty() && receiving {
-            std::thread::sleep(settle.max(Duration::from_secs(3)));
+            std::thread::sleep(opts.settle.max(Duration::from_secs(3)));
             annotated = Some(timed("annotated", "annotated", &one, 0));
         } else {
             println!("annotated viewer failed: {failures:?}, receiving {receiving}");
@@ -158,12 +261,17 @@ fn main() {
         rt.block_on(close(one, &app.base));
     }
 
-    println!("\n## Fan-out results (raw track, 720p25; row 0 = baseline with no viewer)");
+    println!("\n## Fan-out results, SFU {} (raw track, 720p25; row 0 = baseline with no viewer)", sfu.name());
     let mut all: Vec<&Row> = rows.iter().collect();
     all.extend(annotated.as_ref());
     print_table(&all, baseline_pct);
     print_details(&all, &rows[0]);
     print_summary(&rows, baseline_pct, annotated.as_ref());
-    println!("load average at end: {}; speed reference {:.0} ms", load_average(), speed_reference_ms());
-    rt.shutdown_timeout(Duration::from_secs(1));
+    println!(
+        "Time to first frame (WHEP POST -> first keyframe packet sent), raw viewers of the ramp: p50 / p95 {} / {} ms",
+        ms(ttff_ms.0),
+        ms(ttff_ms.1)
+    );
+    drop(app);
+    Run { sfu, rows, annotated, ttff_ms }
 }

@@ -1,6 +1,6 @@
 //! The SFU's Prometheus metrics: viewers, sessions, packets, bytes, PLIs and
 //! NACKs per camera × track, the send latency and time to first frame per
-//! track; one set of
+//! track, the one-port SFU's latency per send worker; one set of
 //! pre-resolved handles per session so nothing is looked up per packet.
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
@@ -19,6 +19,7 @@ pub(super) struct SfuMetrics {
     gop_resends: IntCounterVec,
     send_latency: HistogramVec,
     time_to_first_frame: HistogramVec,
+    shard_latency: HistogramVec,
 }
 
 /// Access unit received → RTP handed to the connection, seconds: 50 µs … 0.5 s.
@@ -73,8 +74,19 @@ impl SfuMetrics {
                 &["track"],
             )
             .ok()?,
+            shard_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "webrtc_shard_latency_seconds",
+                    "One-port SFU: live access unit received to the last of its viewers' packets flushed by \
+                     this send worker (the latency the worker adds for its slowest viewer of that frame)",
+                )
+                .buckets(SEND_LATENCY_BUCKETS.to_vec()),
+                &["shard"],
+            )
+            .ok()?,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+            Box::new(m.shard_latency.clone()),
             Box::new(m.time_to_first_frame.clone()),
             Box::new(m.gop_resends.clone()),
             Box::new(m.viewers.clone()),
@@ -93,6 +105,11 @@ impl SfuMetrics {
             }
         }
         Some(m)
+    }
+
+    /// Send worker `shard`'s latency histogram (one-port SFU), seconds.
+    pub fn shard_latency(&self, shard: usize) -> Histogram {
+        self.shard_latency.with_label_values(&[shard.to_string().as_str()])
     }
 
     pub fn session(&self, camera: &str, kind: TrackKind) -> SessionMetrics {

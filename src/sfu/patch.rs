@@ -43,7 +43,55 @@ struct IceGeneration {
     restarts: u32,
 }
 
-fn etag_for(id: &str, restarts: u32) -> String {
+/// What a valid `PATCH` asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum PatchPlan {
+    Trickle,
+    Restart { ufrag: String, pwd: String },
+}
+
+/// Checks a parsed fragment against `If-Match` and the session's entity-tag
+/// (`current`) and ICE ufrag: a restart (`"*"` with new credentials), a
+/// trickle (an entity-tag that matches, or none), or the error (412, 422).
+pub(super) fn plan(
+    fragment: &SdpFragment,
+    if_match: Option<&str>,
+    current: &str,
+    remote_ufrag: Option<&str>,
+) -> Result<PatchPlan, SfuError> {
+    let restart = match if_match.map(str::trim) {
+        Some("*") => true,
+        Some(tags) => {
+            if !tags.split(',').map(str::trim).any(|t| t == current || t.strip_prefix("W/") == Some(current)) {
+                return Err(SfuError::PreconditionFailed { given: tags.to_owned(), current: current.to_owned() });
+            }
+            false
+        }
+        None => false,
+    };
+    let new_credentials = fragment.ice_ufrag.is_some() && fragment.ice_ufrag.as_deref() != remote_ufrag;
+    if !restart {
+        if new_credentials {
+            return Err(SfuError::Unprocessable(
+                "the fragment's a=ice-ufrag is not the session's: an ICE restart needs If-Match: \"*\"".into(),
+            ));
+        }
+        return Ok(PatchPlan::Trickle);
+    }
+    let (Some(ufrag), Some(pwd)) = (&fragment.ice_ufrag, &fragment.ice_pwd) else {
+        return Err(SfuError::Unprocessable(
+            "an ICE restart (If-Match: \"*\") needs a=ice-ufrag and a=ice-pwd in the fragment".into(),
+        ));
+    };
+    if !new_credentials {
+        return Err(SfuError::Unprocessable(
+            "an ICE restart needs new ICE credentials: a=ice-ufrag is the current one".into(),
+        ));
+    }
+    Ok(PatchPlan::Restart { ufrag: ufrag.clone(), pwd: pwd.clone() })
+}
+
+pub(super) fn etag_for(id: &str, restarts: u32) -> String {
     if restarts == 0 { format!("\"{id}\"") } else { format!("\"{id}.{restarts}\"") }
 }
 
@@ -86,11 +134,8 @@ impl Sfu {
         if_match: Option<&str>,
         body: &str,
     ) -> Result<Patched, SfuError> {
-        if self.one_port.is_some() {
-            return Err(SfuError::Unprocessable(
-                "the one-port SFU (ICE-lite) takes no PATCH yet: it learns the viewer's addresses from its checks"
-                    .into(),
-            ));
+        if let Some(o) = &self.one_port {
+            return o.patch_session(camera, kind, id, if_match, body).await;
         }
         let control = {
             let sessions = self.sessions.lock().expect("sfu lock is never poisoned");
@@ -102,45 +147,19 @@ impl Sfu {
         let fragment = SdpFragment::parse(body).map_err(|e| SfuError::MalformedFragment(e.to_string()))?;
         let mut ice = control.ice.lock().await;
         let current = etag_for(&control.id, ice.restarts);
-        let restart = match if_match.map(str::trim) {
-            Some("*") => true,
-            Some(tags) => {
-                if !tags.split(',').map(str::trim).any(|t| t == current || t.strip_prefix("W/") == Some(&current)) {
-                    return Err(SfuError::PreconditionFailed { given: tags.to_owned(), current });
-                }
-                false
-            }
-            None => false,
-        };
-        let new_credentials = fragment.ice_ufrag.is_some() && fragment.ice_ufrag != ice.remote_ufrag;
-        if restart {
-            let (Some(ufrag), Some(pwd)) = (&fragment.ice_ufrag, &fragment.ice_pwd) else {
-                return Err(SfuError::Unprocessable(
-                    "an ICE restart (If-Match: \"*\") needs a=ice-ufrag and a=ice-pwd in the fragment".into(),
-                ));
-            };
-            if !new_credentials {
-                return Err(SfuError::Unprocessable(
-                    "an ICE restart needs new ICE credentials: a=ice-ufrag is the current one".into(),
-                ));
-            }
-            let offer = sdpfrag::renewed_offer(&ice.offer, ufrag, pwd);
+        if let PatchPlan::Restart { ufrag, pwd } = plan(&fragment, if_match, &current, ice.remote_ufrag.as_deref())? {
+            let offer = sdpfrag::renewed_offer(&ice.offer, &ufrag, &pwd);
             let answer = self.restart(&control, &offer, &fragment).await?;
             let answer = candidates::rewrite_candidates(&answer, &self.config.public_ips);
             let ours = sdpfrag::answer_fragment(&answer)
                 .ok_or_else(|| SfuError::WebRtc("the restarted answer lacks ICE credentials".into()))?;
             ice.offer = offer;
-            ice.remote_ufrag = Some(ufrag.clone());
+            ice.remote_ufrag = Some(ufrag);
             ice.restarts += 1;
             let etag = etag_for(&control.id, ice.restarts);
             *control.etag.lock().expect("etag lock is never poisoned") = etag.clone();
             tracing::info!(camera, track = kind.as_str(), session = id, "ICE restarted (PATCH)");
             return Ok(Patched::Restarted { fragment: ours, etag });
-        }
-        if new_credentials {
-            return Err(SfuError::Unprocessable(
-                "the fragment's a=ice-ufrag is not the session's: an ICE restart needs If-Match: \"*\"".into(),
-            ));
         }
         let n = fragment.candidates.len();
         add_candidates(control.pc.as_ref(), &fragment, ice.remote_ufrag.as_deref()).await?;

@@ -34,6 +34,11 @@ impl Batch {
         self.queue.push((to, datagram));
     }
 
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }

@@ -138,6 +138,8 @@ impl OnePort {
                 ended: ended.clone(),
                 cancel: cancel.clone(),
                 send_failures: Arc::default(),
+                latency: metrics.as_ref().map(|m| m.shard_latency(index)),
+                waiting: Vec::new(),
             };
             tokio::spawn(shard.run());
             shards.push(tx);
@@ -186,6 +188,7 @@ impl OnePort {
             kind,
             tracks,
             offer,
+            offer_sdp,
             chosen,
             candidates: &self.candidates,
             local_addr: self.candidates.iter().find(|a| !a.ip().is_loopback()).copied().unwrap_or(self.local),
@@ -226,6 +229,43 @@ impl OnePort {
         };
         self.remove(shard, id).await;
         Ok(())
+    }
+
+    /// A WHEP `PATCH` of session `id` (trickle ICE, ICE restart), applied by
+    /// its shard. Errors as [`super::Sfu::patch_session`].
+    pub(in crate::sfu) async fn patch_session(
+        &self,
+        camera: &str,
+        kind: TrackKind,
+        id: &str,
+        if_match: Option<&str>,
+        body: &str,
+    ) -> Result<super::Patched, SfuError> {
+        let shard = {
+            let sessions = self.sessions.lock().expect("sfu lock is never poisoned");
+            match sessions.get(id) {
+                Some(e) if e.camera == camera && e.kind == kind => e.shard,
+                _ => return Err(SfuError::SessionNotFound(id.to_owned())),
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        let msg = ShardMsg::Patch {
+            session: id.to_owned(),
+            if_match: if_match.map(str::to_owned),
+            body: body.to_owned(),
+            reply,
+        };
+        if self.shards[shard].send(msg).await.is_err() {
+            return Err(SfuError::WebRtc("the SFU is shutting down".into()));
+        }
+        let patched = answer.await.map_err(|_| SfuError::SessionNotFound(id.to_owned()))??;
+        Ok(match patched {
+            super::Patched::Restarted { fragment, etag } => super::Patched::Restarted {
+                fragment: candidates::rewrite_candidates(&fragment, &self.public_ips),
+                etag,
+            },
+            trickled => trickled,
+        })
     }
 
     async fn remove(&self, shard: usize, id: &str) {

@@ -29,8 +29,10 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::super::metrics::SessionMetrics;
+use super::super::patch::{PatchPlan, etag_for, plan};
 use super::super::rtp_state::RtpState;
-use super::super::{ChosenCodec, DEFAULT_MAX_PAYLOAD, SfuError, packetize_h264, rtcp};
+use super::super::sdpfrag::{self, SdpFragment};
+use super::super::{ChosenCodec, DEFAULT_MAX_PAYLOAD, Patched, SfuError, packetize_h264, rtcp};
 use super::batch::Batch;
 use crate::hub::{CameraTracks, CountGuard, TrackKind};
 use crate::media::AccessUnit;
@@ -39,10 +41,24 @@ fn webrtc_err(e: impl std::fmt::Display) -> SfuError {
     SfuError::WebRtc(e.to_string())
 }
 
-/// `len` random characters of the ICE alphabet (RFC 8839 `ice-char`).
-pub fn ice_token(len: usize) -> String {
-    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    (0..len).map(|_| char::from(CHARS[rand::random_range(0..CHARS.len())])).collect()
+fn add_host_candidates(pc: &mut RTCPeerConnection, addrs: &[SocketAddr]) -> Result<(), SfuError> {
+    for addr in addrs {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(webrtc_err)?;
+        let init = RTCIceCandidate::from(&candidate).to_json().map_err(webrtc_err)?;
+        pc.add_local_candidate(init).map_err(webrtc_err)?;
+    }
+    Ok(())
 }
 
 /// What a shard needs to know about a session it was handed.
@@ -70,6 +86,12 @@ pub(super) struct Session {
     pub metrics: SessionMetrics,
     /// The local address datagrams arrive on (for the ICE agent).
     local_addr: SocketAddr,
+    /// Our host candidates (added again if an ICE restart dropped them).
+    candidates: Vec<SocketAddr>,
+    /// The offer as last applied, the viewer's ufrag, restarts so far (`PATCH`).
+    offer: String,
+    remote_ufrag: Option<String>,
+    restarts: u32,
     _viewer: CountGuard,
     _held: Box<dyn Send>,
 }
@@ -81,6 +103,7 @@ pub(super) struct NewSession<'a> {
     pub kind: TrackKind,
     pub tracks: Arc<CameraTracks>,
     pub offer: rtc::peer_connection::sdp::RTCSessionDescription,
+    pub offer_sdp: &'a str,
     pub chosen: ChosenCodec,
     pub candidates: &'a [SocketAddr],
     pub local_addr: SocketAddr,
@@ -109,11 +132,9 @@ impl Session {
         // A send-only viewer needs the NACK responder and sender reports only.
         let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut media_engine))
             .with(rtc::interceptor::Slot::from(14_000), rtcp::KeyframeRequestForwarder::new(n.metrics.nacks.clone()));
-        let ufrag = ice_token(16);
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
             .with_answering_dtls_role(RTCDtlsRole::Client)
-            .with_ice_credentials(ufrag.clone(), ice_token(32))
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
             .build();
@@ -140,25 +161,14 @@ impl Session {
             }],
         );
         let sender = pc.add_track(track).map_err(webrtc_err)?;
-        for addr in n.candidates {
-            let candidate = CandidateHostConfig {
-                base_config: CandidateConfig {
-                    network: "udp".to_owned(),
-                    address: addr.ip().to_string(),
-                    port: addr.port(),
-                    component: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
-            }
-            .new_candidate_host()
-            .map_err(webrtc_err)?;
-            let init = RTCIceCandidate::from(&candidate).to_json().map_err(webrtc_err)?;
-            pc.add_local_candidate(init).map_err(webrtc_err)?;
-        }
+        add_host_candidates(&mut pc, n.candidates)?;
         let answer = pc.create_answer(None).map_err(webrtc_err)?;
         pc.set_local_description(now, answer).map_err(webrtc_err)?;
         let answer_sdp = pc.local_description().ok_or_else(|| webrtc_err("no local description"))?.sdp;
+        // Our ufrag names the session on the shared port (the agent makes it,
+        // and a new one on each ICE restart).
+        let ufrag =
+            sdpfrag::ice_ufrag(&answer_sdp).ok_or_else(|| webrtc_err("the answer has no a=ice-ufrag"))?.to_owned();
         let payload_type = pc
             .rtp_sender(sender)
             .and_then(|mut s| s.get_parameters().rtp_parameters.codecs.first().map(|c| c.payload_type))
@@ -182,6 +192,10 @@ impl Session {
             last_keyframe_request: None,
             metrics: n.metrics,
             local_addr: n.local_addr,
+            candidates: n.candidates.to_vec(),
+            offer: n.offer_sdp.to_owned(),
+            remote_ufrag: sdpfrag::ice_ufrag(n.offer_sdp).map(str::to_owned),
+            restarts: 0,
             _viewer: viewer,
             _held: n.held,
         };
@@ -267,7 +281,7 @@ impl Session {
             return;
         }
         for au in &gop {
-            self.send(au, false);
+            self.send(au);
         }
     }
 
@@ -291,7 +305,7 @@ impl Session {
                 self.rtp.reanchor = true;
                 self.last_sent = None;
                 for au in &gop {
-                    self.send(au, false);
+                    self.send(au);
                 }
             }
         }
@@ -302,13 +316,14 @@ impl Session {
     }
 
     /// Sends `au` if the viewer is connected, it is not sent yet, and (after
-    /// a start without a cached GOP) a keyframe has come.
-    pub fn send(&mut self, au: &AccessUnit, live: bool) {
+    /// a start without a cached GOP) a keyframe has come; true if it was
+    /// (the caller observes the send latency once the packets are flushed).
+    pub fn send(&mut self, au: &AccessUnit) -> bool {
         if !self.is_connected() || self.last_sent.is_some_and(|t| au.received_at <= t) {
-            return;
+            return false;
         }
         if self.need_keyframe && !au.keyframe {
-            return;
+            return false;
         }
         self.need_keyframe = false;
         self.last_sent = Some(au.received_at);
@@ -324,10 +339,10 @@ impl Session {
         for (i, payload) in payloads.iter().enumerate() {
             bytes += payload.len();
             let packet = self.rtp.packet(timestamp, i + 1 == n, payload.clone());
-            let Some(mut sender) = self.pc.rtp_sender(self.sender) else { return };
+            let Some(mut sender) = self.pc.rtp_sender(self.sender) else { return false };
             if let Err(e) = sender.write_rtp(now, packet) {
                 tracing::debug!(session = %self.id, "RTP write failed: {e}");
-                return;
+                return false;
             }
             if i == 0
                 && au.keyframe
@@ -338,9 +353,70 @@ impl Session {
         }
         self.metrics.packets_sent.inc_by(n as u64);
         self.metrics.bytes_sent.inc_by(bytes as u64);
-        if live {
-            self.metrics.send_latency.observe(au.received_at.elapsed().as_secs_f64());
+        true
+    }
+
+    /// The session's entity-tag now (quoted).
+    pub fn etag(&self) -> String {
+        etag_for(&self.id, self.restarts)
+    }
+
+    /// Applies a WHEP `PATCH` (see [`super::super::Sfu::patch_session`]):
+    /// trickled candidates go to the ICE agent (an ICE-lite agent only
+    /// answers checks, so they change nothing on the wire); an ICE restart
+    /// renews the offer with the viewer's new credentials, which restarts our
+    /// side too, and answers with our new credentials and candidates. The
+    /// caller renames the session's route to [`Session::ufrag`].
+    pub fn patch(&mut self, if_match: Option<&str>, body: &str) -> Result<Patched, SfuError> {
+        let fragment = SdpFragment::parse(body).map_err(|e| SfuError::MalformedFragment(e.to_string()))?;
+        match plan(&fragment, if_match, &self.etag(), self.remote_ufrag.as_deref())? {
+            PatchPlan::Trickle => {
+                self.add_remote_candidates(&fragment, self.remote_ufrag.clone())?;
+                Ok(Patched::Trickled { candidates: fragment.candidates.len() })
+            }
+            PatchPlan::Restart { ufrag, pwd } => {
+                let offer = sdpfrag::renewed_offer(&self.offer, &ufrag, &pwd);
+                let now = Instant::now();
+                let description = rtc::peer_connection::sdp::RTCSessionDescription::offer(offer.clone())
+                    .map_err(|e| SfuError::Unprocessable(format!("the renewed offer is refused: {e}")))?;
+                self.pc
+                    .set_remote_description(now, description)
+                    .map_err(|e| SfuError::Unprocessable(format!("the ICE restart is refused: {e}")))?;
+                let answer = self.pc.create_answer(None).map_err(webrtc_err)?;
+                self.pc.set_local_description(now, answer).map_err(webrtc_err)?;
+                let mut sdp = self.pc.local_description().ok_or_else(|| webrtc_err("no local description"))?.sdp;
+                if !sdp.contains("a=candidate:") {
+                    let candidates = self.candidates.clone();
+                    add_host_candidates(&mut self.pc, &candidates)?;
+                    sdp = self.pc.local_description().ok_or_else(|| webrtc_err("no local description"))?.sdp;
+                }
+                self.add_remote_candidates(&fragment, Some(ufrag.clone()))?;
+                let ours = sdpfrag::answer_fragment(&sdp)
+                    .ok_or_else(|| SfuError::WebRtc("the restarted answer lacks ICE credentials".into()))?;
+                self.ufrag = sdpfrag::ice_ufrag(&sdp).unwrap_or(&self.ufrag).to_owned();
+                self.offer = offer;
+                self.remote_ufrag = Some(ufrag);
+                self.restarts += 1;
+                tracing::info!(camera = %self.camera, track = self.kind.as_str(), session = %self.id, "ICE restarted (PATCH)");
+                Ok(Patched::Restarted { fragment: ours, etag: self.etag() })
+            }
         }
+    }
+
+    fn add_remote_candidates(&mut self, f: &SdpFragment, ufrag: Option<String>) -> Result<(), SfuError> {
+        for candidate in &f.candidates {
+            let init = rtc::peer_connection::transport::RTCIceCandidateInit {
+                candidate: candidate.clone(),
+                sdp_mid: f.mid.clone(),
+                sdp_mline_index: Some(0),
+                username_fragment: ufrag.clone(),
+                ..Default::default()
+            };
+            self.pc
+                .add_remote_candidate(init)
+                .map_err(|e| SfuError::MalformedFragment(format!("candidate {candidate:?} refused: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Closes the connection (DTLS close_notify goes out with the next service).

@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use prometheus::Histogram;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::batch::Batch;
+use super::batch::{Batch, MAX_BATCH};
 use super::demux::Routes;
 use super::session::Session;
 use crate::hub::TrackKind;
@@ -36,6 +37,13 @@ pub(super) enum ShardMsg {
     Remove {
         session: String,
         done: oneshot::Sender<()>,
+    },
+    /// A WHEP `PATCH` for a session.
+    Patch {
+        session: String,
+        if_match: Option<String>,
+        body: String,
+        reply: oneshot::Sender<Result<crate::sfu::Patched, crate::sfu::SfuError>>,
     },
     /// A timer fired (internal).
     Tick,
@@ -74,6 +82,11 @@ pub(super) struct Shard {
     pub cancel: CancellationToken,
     /// Datagrams dropped by the kernel (unreachable, too large).
     pub send_failures: Arc<Mutex<u64>>,
+    /// `webrtc_shard_latency_seconds{shard}` (none without a registry).
+    pub latency: Option<Histogram>,
+    /// Send-latency histograms of the sessions whose packets of the current
+    /// access unit are queued, observed once they are flushed.
+    pub waiting: Vec<Histogram>,
 }
 
 impl Shard {
@@ -127,15 +140,41 @@ impl Shard {
                     }
                 }
                 ShardMsg::Tick => {}
+                ShardMsg::Patch { session, if_match, body, reply } => {
+                    let result = match sessions.get_mut(&session) {
+                        Some(s) => {
+                            let old = s.ufrag.clone();
+                            let r = s.patch(if_match.as_deref(), &body);
+                            if s.ufrag != old {
+                                self.routes.rename(&old, &s.ufrag);
+                            }
+                            touched.push(session.clone());
+                            r
+                        }
+                        None => Err(crate::sfu::SfuError::SessionNotFound(session)),
+                    };
+                    let _ = reply.send(result);
+                }
                 ShardMsg::Media { key, au } => {
                     if let Some(group) = groups.get_mut(&key) {
+                        // Flushed as the batch fills, so the first viewers'
+                        // packets leave while the later ones are encrypted.
                         let n = group.sessions.len();
                         for i in 0..n {
                             let id = &group.sessions[(group.first + i) % n];
                             if let Some(s) = sessions.get_mut(id) {
-                                s.send(&au, true);
+                                if s.send(&au) {
+                                    self.waiting.push(s.metrics.send_latency.clone());
+                                }
                                 s.service(&mut self.batch);
+                                if self.batch.len() >= MAX_BATCH {
+                                    self.flush_sent(&au).await;
+                                }
                             }
+                        }
+                        self.flush_sent(&au).await;
+                        if let Some(h) = &self.latency {
+                            h.observe(au.received_at.elapsed().as_secs_f64());
                         }
                         group.first = (group.first + 1) % n.max(1);
                     }
@@ -176,6 +215,16 @@ impl Shard {
             (self.ended)(&s);
         }
         self.flush().await;
+    }
+
+    /// Flushes, then observes `au`'s send latency for the sessions whose
+    /// packets just left.
+    async fn flush_sent(&mut self, au: &AccessUnit) {
+        self.flush().await;
+        let seconds = au.received_at.elapsed().as_secs_f64();
+        for h in self.waiting.drain(..) {
+            h.observe(seconds);
+        }
     }
 
     async fn flush(&mut self) {
