@@ -116,3 +116,159 @@ fn every_viewer_on_one_udp_port() {
     let r = whep_client::delete(&app.base, &viewers[0].1);
     assert_eq!(r.status, 404, "deleted twice");
 }
+
+/// Starts the camera and infercast on the one port; returns the port too.
+fn start_one_port(name: &str) -> (RtspServer, Infercast, u16) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = RtspServer::start(&[("/cam1", CLIP)], None);
+    // All viewers come from 127.0.0.1: above the per-address default of 50.
+    let config = common::scratch_dir(name).join("infercast.toml");
+    std::fs::write(&config, "[limits]\nwhep_sessions_per_ip = 150\n").unwrap();
+    let app = Infercast::start_with_env(
+        &["--listen", "127.0.0.1:0", "--config", config.to_str().unwrap(), &format!("{name}={}", server.url("/cam1"))],
+        &[("INFERCAST_UDP_LISTEN", &format!("127.0.0.1:{port}"))],
+    );
+    app.wait_for(&format!("/api/cameras/{name}"), Duration::from_secs(20), |c| c["state"] == "streaming");
+    (server, app, port)
+}
+
+/// Connects `n` raw viewers of `door`, ten at a time.
+fn connect_viewers(rt: &tokio::runtime::Runtime, app: &Infercast, n: usize) -> Vec<(Viewer, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let batch: Vec<(Viewer, String)> = (0..(n - out.len()).min(10))
+            .map(|_| {
+                let viewer = rt.block_on(Viewer::new(Offer::H264));
+                let (location, answer) = post(app, &viewer, "/whep/door/raw");
+                rt.block_on(viewer.apply_answer(&answer));
+                (viewer, location)
+            })
+            .collect();
+        for (viewer, _) in &batch {
+            assert!(rt.block_on(viewer.connected(Duration::from_secs(15))), "viewer connects; log:\n{}", app.log());
+        }
+        out.extend(batch);
+    }
+    out
+}
+
+fn frames(viewer: &Viewer) -> usize {
+    viewer.packets().iter().filter(|p| p.marker).count()
+}
+
+/// 100 sessions play at once on the one port; a viewer that loses packets
+/// gets them again after its NACKs; 200 sessions created and deleted (half of them connected
+/// first) while 20 watch leave no fd, thread, session or memory behind, and
+/// the 20 keep full rate throughout.
+#[test]
+fn hundred_sessions_nack_and_churn_on_one_port() {
+    if !netns::isolated("hundred_sessions_nack_and_churn_on_one_port") {
+        return;
+    }
+    let (_server, app, port) = start_one_port("door");
+    let rt = runtime();
+    let mut viewers = connect_viewers(&rt, &app, 100);
+    assert_eq!(common::process::udp_sockets(app.pid()), 1, "one UDP socket for 100 sessions");
+    let before: Vec<usize> = viewers.iter().map(|(v, _)| frames(v)).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    for ((viewer, _), b) in viewers.iter().zip(&before) {
+        let got = frames(viewer) - b;
+        assert!(got >= 60, "a viewer of 100 got {got} frames in 3 s (25 fps)");
+    }
+    assert_eq!(app.camera("door")["viewers"]["raw"], 100);
+
+    // NACK: a viewer behind a relay that drops every 40th RTP packet (10 in
+    // all) asks for them again (its NACK generator) and gets every one.
+    let relay = common::lossy_relay::LossyRelay::start(format!("127.0.0.1:{port}").parse().unwrap(), 40, 10);
+    let lossy = rt.block_on(Viewer::new(Offer::H264));
+    let (lossy_location, answer) = post(&app, &lossy, "/whep/door/raw");
+    let via_relay = answer.replace(&format!(" 127.0.0.1 {port} typ"), &format!(" 127.0.0.1 {} typ", relay.addr.port()));
+    assert_ne!(via_relay, answer, "the answer has a 127.0.0.1 candidate on {port}:\n{answer}");
+    rt.block_on(lossy.apply_answer(&via_relay));
+    assert!(rt.block_on(lossy.connected(Duration::from_secs(10))), "viewer connects through the relay");
+    let all_dropped = common::wait_until(Duration::from_secs(10), || relay.dropped.lock().unwrap().len() == 10);
+    assert!(all_dropped.is_some(), "the relay dropped {:?}", relay.dropped.lock().unwrap());
+    let dropped = relay.dropped.lock().unwrap().clone();
+    let resent = common::wait_until(Duration::from_secs(3), || {
+        let seen: std::collections::HashSet<u16> = lossy.packets().iter().map(|p| p.sequence_number).collect();
+        dropped.iter().all(|s| seen.contains(s))
+    });
+    let nacks = app.metric("infercast_webrtc_nacks_total{camera=\"door\",track=\"raw\"}");
+    let seen: std::collections::HashSet<u16> = lossy.packets().iter().map(|p| p.sequence_number).collect();
+    let missing: Vec<&u16> = dropped.iter().filter(|s| !seen.contains(s)).collect();
+    assert!(resent.is_some(), "dropped {dropped:?}, never resent {missing:?} ({nacks} NACKs counted)");
+    assert!(nacks >= 1.0, "{nacks} NACKs");
+    whep_client::delete(&app.base, &lossy_location);
+    rt.block_on(lossy.close());
+    drop(relay);
+
+    // Keep 20 watching; delete the rest.
+    for (viewer, location) in viewers.drain(20..) {
+        let r = whep_client::delete(&app.base, &location);
+        assert!(r.status == 200 || r.status == 204, "DELETE {location}: {}", r.status);
+        rt.block_on(viewer.close());
+    }
+    assert_eq!(app.camera("door")["viewers"]["raw"], 20);
+    // Warm-up cycles (lazily made state), then the counts to come back to.
+    let churn_offer = rt.block_on(Viewer::new(Offer::H264));
+    for _ in 0..5 {
+        let (location, _) = post(&app, &churn_offer, "/whep/door/raw");
+        whep_client::delete(&app.base, &location);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = app.pid();
+    let (fds, threads, rss) = (
+        common::process::open_fds(pid),
+        common::process::status_value(pid, "Threads").unwrap(),
+        common::process::rss_kib(pid),
+    );
+    let watched: Vec<usize> = viewers.iter().map(|(v, _)| frames(v)).collect();
+    let started = std::time::Instant::now();
+    for i in 0..200 {
+        if i % 2 == 0 {
+            // Connected, then deleted.
+            let viewer = rt.block_on(Viewer::new(Offer::H264));
+            let (location, answer) = post(&app, &viewer, "/whep/door/raw");
+            rt.block_on(viewer.apply_answer(&answer));
+            assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "churn viewer {i} connects");
+            let r = whep_client::delete(&app.base, &location);
+            assert!(r.status == 200 || r.status == 204, "DELETE {location}: {}", r.status);
+            rt.block_on(viewer.close());
+        } else {
+            let (location, _) = post(&app, &churn_offer, "/whep/door/raw");
+            let r = whep_client::delete(&app.base, &location);
+            assert!(r.status == 200 || r.status == 204, "DELETE {location}: {}", r.status);
+        }
+    }
+    let churn = started.elapsed();
+    let expected = churn.as_secs_f64() * 25.0;
+    for ((viewer, _), w) in viewers.iter().zip(&watched) {
+        let got = (frames(viewer) - w) as f64;
+        assert!(got >= expected * 0.9, "a watcher got {got} frames of ~{expected:.0} during the churn");
+    }
+    assert_eq!(app.camera("door")["viewers"]["raw"], 20, "only the watchers are left");
+    assert_eq!(app.metric("infercast_webrtc_viewers{camera=\"door\",track=\"raw\"}"), 20.0);
+    let created = app.metric("infercast_webrtc_sessions_created_total{camera=\"door\",track=\"raw\"}");
+    let ended = app.metric("infercast_webrtc_sessions_ended_total{camera=\"door\",track=\"raw\"}");
+    assert_eq!((created, ended), (306.0, 286.0), "100 + 1 + 5 + 200 created, all but the 20 watchers ended");
+    let now = || (common::process::open_fds(pid), common::process::status_value(pid, "Threads").unwrap());
+    let settled = common::wait_until(Duration::from_secs(5), || {
+        let (f, t) = now();
+        f <= fds && t <= threads
+    });
+    let rss_after = common::process::rss_kib(pid);
+    eprintln!(
+        "200 sessions churned in {churn:.1?} while 20 watched: fds {fds} -> {}, threads {threads} -> {}, RSS {} -> {} MiB",
+        now().0,
+        now().1,
+        rss / 1024,
+        rss_after / 1024
+    );
+    assert!(settled.is_some(), "fds or threads left behind: {fds} fds, {threads} threads before, {:?} after", now());
+    assert!(rss_after < rss + 24 * 1024, "RSS grew {} -> {} KiB over 200 sessions", rss, rss_after);
+    for (viewer, location) in viewers {
+        whep_client::delete(&app.base, &location);
+        rt.block_on(viewer.close());
+    }
+    rt.block_on(churn_offer.close());
+}

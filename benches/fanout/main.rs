@@ -174,7 +174,9 @@ fn run(sfu: Sfu, opts: &Options, camera: &RtspServer, rt: &tokio::runtime::Runti
         Sfu::V1 => "",
         Sfu::V2 => "udp_listen = \"127.0.0.1:18189\"\n",
     };
-    std::fs::write(&config, format!("[webrtc]\nudp_ips = [\"127.0.0.1\"]\n{listen}")).unwrap();
+    // Every viewer comes from 127.0.0.1: limits above the largest level.
+    let limits = "[limits]\nwhep_sessions = 5000\nwhep_sessions_per_camera = 5000\nwhep_sessions_per_ip = 5000\n";
+    std::fs::write(&config, format!("[webrtc]\nudp_ips = [\"127.0.0.1\"]\n{listen}{limits}")).unwrap();
     let app = Infercast::start(&["--config", config.to_str().unwrap(), &format!("{CAMERA}={}", camera.url("/cam"))]);
     if opts.pin {
         set_affinity(app.pid(), "0");

@@ -70,8 +70,18 @@ impl Routes {
         let mut t = self.inner.write().expect("routes lock is never poisoned");
         t.by_ufrag.remove(ufrag);
         for addr in t.addrs_of.remove(session).unwrap_or_default() {
-            t.by_addr.remove(&addr);
+            // Only if the address still names this session (a later session
+            // may have taken it over).
+            if t.by_addr.get(&addr).is_some_and(|r| r.session == session) {
+                t.by_addr.remove(&addr);
+            }
         }
+    }
+
+    /// Entries in the tables: (ufrags, addresses, sessions with addresses).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let t = self.inner.read().expect("routes lock is never poisoned");
+        (t.by_ufrag.len(), t.by_addr.len(), t.addrs_of.len())
     }
 
     /// Replaces a session's ufrag (ICE restart).
@@ -89,11 +99,17 @@ impl Routes {
             let route = self.inner.read().expect("routes lock is never poisoned").by_ufrag.get(ufrag).cloned()?;
             let known = self.inner.read().expect("routes lock is never poisoned").by_addr.get(&from) == Some(&route);
             if !known {
-                let mut t = self.inner.write().expect("routes lock is never poisoned");
+                let mut guard = self.inner.write().expect("routes lock is never poisoned");
+                let t = &mut *guard;
                 let addrs = t.addrs_of.entry(route.session.clone()).or_default();
                 if addrs.len() < MAX_ADDRS_PER_SESSION {
                     addrs.push(from);
-                    t.by_addr.insert(from, route.clone());
+                    if let Some(previous) = t.by_addr.insert(from, route.clone())
+                        && let Some(theirs) = t.addrs_of.get_mut(&previous.session)
+                    {
+                        // The address moved to another session (a reused socket).
+                        theirs.retain(|a| *a != from);
+                    }
                 }
             }
             return Some(route);
@@ -137,6 +153,22 @@ mod tests {
         assert!(routes.route(viewer, &binding_request("srv2:abc")).is_some());
         routes.remove("srv2", "a");
         assert_eq!(routes.route(viewer, &dtls), None);
+        assert_eq!(routes.sizes(), (0, 0, 0), "nothing left of a removed session");
+    }
+
+    #[test]
+    fn an_address_taken_over_by_a_new_session_stays_with_it() {
+        let routes = Routes::default();
+        let viewer: SocketAddr = "127.0.0.1:50000".parse().expect("address");
+        let dtls = [22u8, 0xfe, 0xfd, 0, 0];
+        routes.add("old", Route { shard: 0, session: "a".into() });
+        routes.add("new", Route { shard: 1, session: "b".into() });
+        assert!(routes.route(viewer, &binding_request("old:x")).is_some());
+        assert!(routes.route(viewer, &binding_request("new:x")).is_some());
+        routes.remove("old", "a");
+        assert_eq!(routes.route(viewer, &dtls).map(|r| r.session), Some("b".into()), "the new session keeps it");
+        routes.remove("new", "b");
+        assert_eq!(routes.sizes(), (0, 0, 0));
     }
 
     #[test]
