@@ -224,8 +224,8 @@ fn hundred_sessions_nack_and_churn_on_one_port() {
     );
     let watched: Vec<usize> = viewers.iter().map(|(v, _)| frames(v)).collect();
     let started = std::time::Instant::now();
-    for i in 0..200 {
-        if i % 2 == 0 {
+    for i in 0..200u32 {
+        if i.is_multiple_of(2) {
             // Connected, then deleted.
             let viewer = rt.block_on(Viewer::new(Offer::H264));
             let (location, answer) = post(&app, &viewer, "/whep/door/raw");

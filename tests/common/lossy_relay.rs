@@ -59,7 +59,7 @@ impl LossyRelay {
                     if let Some(seq) = rtp_sequence(&buf[..n]) {
                         rtp += 1;
                         let mut d = dropped.lock().unwrap();
-                        if rtp % every == 0 && d.len() < limit {
+                        if rtp.is_multiple_of(every) && d.len() < limit {
                             d.push(seq);
                             continue;
                         }
