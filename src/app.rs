@@ -133,11 +133,9 @@ pub async fn serve(
     );
     // env INFERCAST_UDP_LISTEN overrides [webrtc] udp_listen (containers, tests).
     let udp_listen = match std::env::var("INFERCAST_UDP_LISTEN") {
-        Ok(v) if !v.trim().is_empty() => Some(
-            v.trim()
-                .parse::<std::net::SocketAddr>()
-                .map_err(|e| AppError::Config(format!("INFERCAST_UDP_LISTEN={v:?}: not an IP:port address ({e})")))?,
-        ),
+        Ok(v) if !v.trim().is_empty() => {
+            crate::config::parse_udp_listen(&v).map_err(|e| AppError::Config(format!("INFERCAST_UDP_LISTEN: {e}")))?
+        }
         _ => config.webrtc.udp_listen,
     };
     let sfu_config = crate::sfu::SfuConfig {
@@ -145,10 +143,13 @@ pub async fn serve(
         udp_listen,
         ..crate::sfu::SfuConfig::from(&config.webrtc)
     };
-    let sfu = Arc::new(
-        crate::sfu::Sfu::start(sfu_config, services.metrics.registry())
-            .map_err(|e| AppError::Config(format!("[webrtc] udp_listen {udp_listen:?}: cannot bind: {e}")))?,
-    );
+    let sfu = Arc::new(crate::sfu::Sfu::start(sfu_config, services.metrics.registry()).map_err(|e| {
+        let addr = udp_listen.map_or("off".to_owned(), |a| a.to_string());
+        AppError::Config(format!(
+            "[webrtc] udp_listen = \"{addr}\": cannot bind: {e} (another infercast on this port? set \
+                     udp_listen, or env INFERCAST_UDP_LISTEN, to a free IP:port)"
+        ))
+    })?);
     let cameras = Arc::new(cameras);
     let cluster_task = match (&cluster, &config.nats) {
         (Some(cluster), Some(nats)) => {

@@ -97,6 +97,35 @@ impl Default for RtspConfig {
     }
 }
 
+/// The one-port SFU's default address (as MediaMTX's WebRTC UDP port).
+pub const DEFAULT_UDP_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8189);
+
+/// `[webrtc] udp_listen` and env `INFERCAST_UDP_LISTEN`: `"IP:port"`, or
+/// `"off"` for the per-session SFU.
+pub fn parse_udp_listen(value: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    match value.trim() {
+        "off" => Ok(None),
+        v => v.parse().map(Some).map_err(|e| format!("{v:?} is neither an IP:port address nor \"off\" ({e})")),
+    }
+}
+
+/// Serde of `udp_listen`: a string, `"IP:port"` or `"off"`.
+mod udp_listen {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<std::net::SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+        super::parse_udp_listen(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// `[webrtc]`: how viewers reach infercast (ICE).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,10 +147,11 @@ pub struct WebRtcConfig {
     /// answer is ended, with its port and peer connection, in ms (default 10000,
     /// range 1000..=15000).
     pub connect_timeout_ms: u64,
-    /// Every viewer session on this one UDP port, e.g. `"0.0.0.0:8189"` (the
-    /// one-port SFU: ICE-lite, sans-IO, batched sends); host candidates on
-    /// `udp_ips` at that port. Unset (default): the per-session SFU, a port
-    /// per session (`udp_port_range`). Not yet: ICE-TCP, PATCH.
+    /// Every viewer session on this one UDP port (default `"0.0.0.0:8189"`:
+    /// the one-port SFU, ICE-lite, sans-IO, batched sends); host candidates
+    /// on `udp_ips` at that port. `"off"`: the per-session SFU, a UDP port per
+    /// session (`udp_port_range`). Not yet: ICE-TCP.
+    #[serde(with = "udp_listen")]
     pub udp_listen: Option<std::net::SocketAddr>,
     /// Send workers of the one-port SFU (default: one per core).
     pub send_workers: Option<usize>,
@@ -135,7 +165,7 @@ impl Default for WebRtcConfig {
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
             connect_timeout_ms: 10_000,
-            udp_listen: None,
+            udp_listen: Some(DEFAULT_UDP_LISTEN),
             send_workers: None,
         }
     }
@@ -687,6 +717,19 @@ mod tests {
         assert!(turn.validate().expect_err("no credential").contains("username and credential"));
         let err = Config::parse("[webrtc]\npublic_ips = [\"not-an-ip\"]\n").expect_err("bad ip");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn one_port_is_the_default_and_off_is_the_per_session_sfu() {
+        assert_eq!(Config::parse("").expect("parses").webrtc.udp_listen, Some(DEFAULT_UDP_LISTEN));
+        let c = Config::parse("[webrtc]\nudp_listen = \"127.0.0.1:9000\"\n").expect("parses");
+        assert_eq!(c.webrtc.udp_listen, Some("127.0.0.1:9000".parse().expect("address")));
+        let off = Config::parse("[webrtc]\nudp_listen = \"off\"\n").expect("parses");
+        assert_eq!(off.webrtc.udp_listen, None);
+        let err = Config::parse("[webrtc]\nudp_listen = \"8189\"\n").expect_err("no IP");
+        assert!(err.contains("line 2") && err.contains("\"off\""), "{err}");
+        let shown = toml::to_string(&off.webrtc).expect("serialises");
+        assert!(shown.contains("udp_listen = \"off\""), "{shown}");
     }
 
     #[test]

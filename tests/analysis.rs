@@ -72,7 +72,14 @@ fn auto_analysis_decodes_keyframes_only_until_an_annotated_viewer_comes() {
     assert!((68.0..=82.0).contains(&(d1 - d0)), "{} frames decoded in 3 s while watched", d1 - d0);
     // 60 usable access units (2.4 s of video), bounded in time.
     let (aus, lost) = received.wait_for_units(60, Duration::from_secs(15));
-    assert!(aus.len() >= 60, "{} access units ({lost} lost to missing packets)", aus.len());
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+    assert!(
+        aus.len() >= 60,
+        "{} access units ({lost} lost to missing packets); NACKs {}; {udp:?}",
+        aus.len(),
+        app.metric("infercast_webrtc_nacks_total{camera=\"door\",track=\"annotated\"}")
+    );
     assert!(aus[0].keyframe, "the annotated track starts at an IDR");
     let mut decoder = FfmpegDecoder::new(VideoCodec::H264).unwrap();
     let mut pictures = Vec::new();

@@ -161,8 +161,9 @@ fn viewer_page_in_chromium() {
     ]);
     app.token = Some(token.clone());
     app.wait_for("/api/cameras", Duration::from_secs(20), |v| all_streaming(v, 2));
-    // `scripts/test` runs this test a second time on the one-port SFU.
-    let one_port = std::env::var_os("INFERCAST_UDP_LISTEN").is_some();
+    // The one-port SFU (the default); `scripts/test` runs this test a second
+    // time on the per-session SFU (INFERCAST_UDP_LISTEN=off).
+    let one_port = std::env::var("INFERCAST_UDP_LISTEN").map_or(true, |v| v.trim() != "off");
     assert!(!one_port || app.log().contains("one-port SFU listening"), "{}", app.log());
     app.wait_for("/api/labels", Duration::from_secs(20), |v| v.as_array().is_some_and(|a| a.len() == 2));
 

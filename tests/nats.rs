@@ -151,7 +151,12 @@ fn config(dir: &Path, nats_url: &str, extra: &str, cameras: &[(&str, String)]) -
 
 fn start(dir: &Path, nats_url: &str, extra: &str, cameras: &[(&str, String)], env: &[(&str, &str)]) -> Infercast {
     let path = config(dir, nats_url, extra, cameras);
-    Infercast::start_with_env(&["--listen", "127.0.0.1:0", "--config", path.to_str().unwrap()], env)
+    // A UDP port of its own: some tests run two nodes in one namespace.
+    let mut env = env.to_vec();
+    if !env.iter().any(|(k, _)| *k == "INFERCAST_UDP_LISTEN") {
+        env.push(("INFERCAST_UDP_LISTEN", "127.0.0.1:0"));
+    }
+    Infercast::start_with_env(&["--listen", "127.0.0.1:0", "--config", path.to_str().unwrap()], &env)
 }
 
 /// [`common::wait_until`] that panics with `what` on timeout.

@@ -99,7 +99,8 @@ fn aborted_posts_leave_nothing_behind() {
     let app = start(
         &server,
         "aborted_posts",
-        "[limits]\nwhep_sessions_per_ip = 1000\n\n[webrtc]\nudp_ips = [\"127.0.0.1\"]\n\
+        // The per-session SFU: its port range is the probe that nothing is left.
+        "[limits]\nwhep_sessions_per_ip = 1000\n\n[webrtc]\nudp_ips = [\"127.0.0.1\"]\nudp_listen = \"off\"\n\
          udp_port_range = [52100, 52119]\nconnect_timeout_ms = 2000\n",
     );
     let rt = runtime();

@@ -18,11 +18,16 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// The one port when the suite runs on the one-port SFU (`scripts/test`
-/// runs it a second time with `INFERCAST_UDP_LISTEN`).
+/// The one port (the default, 8189: each test has a network namespace of its
+/// own), or None on the per-session SFU (`scripts/test` runs the suite a
+/// second time with `INFERCAST_UDP_LISTEN=off`).
 fn one_port() -> Option<u16> {
-    let listen = std::env::var("INFERCAST_UDP_LISTEN").ok()?;
-    Some(listen.parse::<std::net::SocketAddr>().expect("INFERCAST_UDP_LISTEN is IP:port").port())
+    match std::env::var("INFERCAST_UDP_LISTEN") {
+        Err(_) => Some(8189),
+        Ok(v) => {
+            infercast::config::parse_udp_listen(&v).expect("INFERCAST_UDP_LISTEN is IP:port or off").map(|a| a.port())
+        }
+    }
 }
 
 /// Asserts that every candidate line of `sdp` is on the one port, if the

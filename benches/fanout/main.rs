@@ -171,7 +171,7 @@ fn set_affinity(pid: u32, cpus: &str) {
 fn run(sfu: Sfu, opts: &Options, camera: &RtspServer, rt: &tokio::runtime::Runtime) -> Run {
     let config = common::scratch_dir("fanout").join(format!("fanout-{sfu:?}.toml"));
     let listen = match sfu {
-        Sfu::V1 => "",
+        Sfu::V1 => "udp_listen = \"off\"\n",
         Sfu::V2 => "udp_listen = \"127.0.0.1:18189\"\n",
     };
     // Every viewer comes from 127.0.0.1: limits above the largest level.

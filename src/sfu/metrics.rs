@@ -77,8 +77,8 @@ impl SfuMetrics {
             shard_latency: HistogramVec::new(
                 HistogramOpts::new(
                     "webrtc_shard_latency_seconds",
-                    "One-port SFU: live access unit received to the last of its viewers' packets flushed by \
-                     this send worker (the latency the worker adds for its slowest viewer of that frame)",
+                    "One-port SFU: live access unit received to the end of this send worker's pass over its \
+                     viewers (each viewer's first paced burst of it flushed)",
                 )
                 .buckets(SEND_LATENCY_BUCKETS.to_vec()),
                 &["shard"],

@@ -103,8 +103,9 @@ pub struct SfuConfig {
     pub disconnected_timeout: Duration,
     /// Cached-GOP resend bandwidth, all sessions together, bits/s.
     pub gop_resend_bps: u64,
-    /// `[webrtc] udp_listen`: every session on this one UDP port (the
-    /// one-port SFU, [`v2`]) instead of ports of their own.
+    /// `[webrtc] udp_listen` (default `0.0.0.0:8189`): every session on this
+    /// one UDP port (the one-port SFU, [`v2`]); None (`"off"`): the
+    /// per-session SFU, a port per session.
     pub udp_listen: Option<std::net::SocketAddr>,
     /// Send workers of the one-port SFU (default: one per core).
     pub send_workers: Option<usize>,
@@ -197,6 +198,7 @@ impl Sfu {
                 shards: c.send_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 connect_timeout: c.connect_timeout,
                 disconnected_timeout: c.disconnected_timeout,
+                resend: sfu.resend.clone(),
             };
             sfu.one_port = Some(v2::OnePort::bind(one_port, sfu.metrics.clone())?);
         }

@@ -14,6 +14,7 @@ pub const GOP_RESEND_INTERVAL: Duration = Duration::from_secs(1);
 const BURST_S: f64 = 2.0;
 
 /// Resend bandwidth shared by every session.
+#[derive(Debug)]
 pub struct ResendBudget {
     rate_bytes_per_s: f64,
     state: Mutex<(f64, Instant)>,

@@ -177,7 +177,8 @@ impl Cluster {
             let port = self.ports[i];
             let toml = format!(
                 "listen = \"127.0.0.1:{port}\"\n[nats]\nurls = [{}]\nreplicas = 3\n\
-                 [cluster]\nnode_id = \"{node}\"\nadvertise_url = \"http://127.0.0.1:{port}\"\n{cameras}",
+                 [cluster]\nnode_id = \"{node}\"\nadvertise_url = \"http://127.0.0.1:{port}\"\n\
+                 [webrtc]\nudp_listen = \"127.0.0.1:0\"\n{cameras}",
                 urls.join(", ")
             );
             std::fs::write(self.config_path(i), toml).unwrap();

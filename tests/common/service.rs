@@ -77,10 +77,21 @@ impl Infercast {
     /// [`Infercast::start_with`] with extra environment variables. Runs
     /// `$INFERCAST_BIN` if set (e.g. the container's slim-FFmpeg release
     /// build), else the binary cargo built for the tests.
+    ///
+    /// Outside a network namespace of its own (tests that share the host's
+    /// network) the one-port SFU gets an ephemeral port (env
+    /// `INFERCAST_UDP_LISTEN=0.0.0.0:0`) unless the test or its environment
+    /// says otherwise, so parallel tests do not fight over 8189.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Infercast {
         let binary = std::env::var_os("INFERCAST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_infercast").into());
+        let shared_network = std::env::var_os("INFERCAST_TEST_NETNS").is_none() && !super::netns::only_loopback();
+        let udp_default = (shared_network
+            && std::env::var_os("INFERCAST_UDP_LISTEN").is_none()
+            && !env.iter().any(|(k, _)| *k == "INFERCAST_UDP_LISTEN"))
+        .then_some(("INFERCAST_UDP_LISTEN", "0.0.0.0:0"));
         let mut child = Command::new(binary)
             .args(args)
+            .envs(udp_default)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env_remove("ORT_DYLIB_PATH")

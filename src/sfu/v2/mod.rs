@@ -51,6 +51,8 @@ pub struct OnePortConfig {
     pub shards: usize,
     pub connect_timeout: Duration,
     pub disconnected_timeout: Duration,
+    /// `[limits] gop_resend_bps`, shared by every session.
+    pub resend: Arc<super::resend::ResendBudget>,
 }
 
 struct Entry {
@@ -72,6 +74,7 @@ pub struct OnePort {
     sessions: Entries,
     next_shard: AtomicUsize,
     metrics: Option<SfuMetrics>,
+    resend: Arc<super::resend::ResendBudget>,
     cancel: CancellationToken,
 }
 
@@ -140,6 +143,7 @@ impl OnePort {
                 send_failures: Arc::default(),
                 latency: metrics.as_ref().map(|m| m.shard_latency(index)),
                 waiting: Vec::new(),
+                backlog: Vec::new(),
             };
             tokio::spawn(shard.run());
             shards.push(tx);
@@ -155,6 +159,7 @@ impl OnePort {
             sessions,
             next_shard: AtomicUsize::new(0),
             metrics,
+            resend: config.resend,
             cancel,
         }))
     }
@@ -189,6 +194,7 @@ impl OnePort {
             tracks,
             offer,
             offer_sdp,
+            resend: self.resend.clone(),
             chosen,
             candidates: &self.candidates,
             local_addr: self.candidates.iter().find(|a| !a.ip().is_loopback()).copied().unwrap_or(self.local),

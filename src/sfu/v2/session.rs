@@ -92,9 +92,24 @@ pub(super) struct Session {
     offer: String,
     remote_ufrag: Option<String>,
     restarts: u32,
+    /// Output left in the connection by the last [`Session::service`]
+    /// (paced: the shard services it again within [`PACE_INTERVAL`]).
+    pub backlogged: bool,
+    /// The live access unit whose packets are queued, for the send latency
+    /// once they have all left (`received_at`).
+    pub latency_pending: Option<Instant>,
+    resend: Arc<super::super::resend::ResendBudget>,
     _viewer: CountGuard,
     _held: Box<dyn Send>,
 }
+
+/// Most datagrams one session hands the shard per service: a keyframe (or
+/// the cached GOP at start) leaves in bursts of this many, one burst per
+/// [`PACE_INTERVAL`], so no viewer's receive buffer gets a whole keyframe at
+/// once (a loopback or LAN receiver with a 208 KiB buffer overflows at ~90).
+pub const PACE_BURST: usize = 32;
+/// Time between a backlogged session's bursts.
+pub const PACE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The pieces [`Session::new`] needs.
 pub(super) struct NewSession<'a> {
@@ -104,6 +119,7 @@ pub(super) struct NewSession<'a> {
     pub tracks: Arc<CameraTracks>,
     pub offer: rtc::peer_connection::sdp::RTCSessionDescription,
     pub offer_sdp: &'a str,
+    pub resend: Arc<super::super::resend::ResendBudget>,
     pub chosen: ChosenCodec,
     pub candidates: &'a [SocketAddr],
     pub local_addr: SocketAddr,
@@ -196,6 +212,9 @@ impl Session {
             offer: n.offer_sdp.to_owned(),
             remote_ufrag: sdpfrag::ice_ufrag(n.offer_sdp).map(str::to_owned),
             restarts: 0,
+            backlogged: false,
+            latency_pending: None,
+            resend: n.resend,
             _viewer: viewer,
             _held: n.held,
         };
@@ -232,13 +251,21 @@ impl Session {
         }
     }
 
-    /// Moves the connection's output into `batch`, applies its events and
-    /// answers the viewer's RTCP; true if it just connected.
-    pub fn service(&mut self, batch: &mut Batch) -> bool {
+    /// Moves the connection's output into `batch`, at most [`PACE_BURST`]
+    /// datagrams (the rest waits in the connection: [`Session::backlogged`]),
+    /// applies its events and answers the viewer's RTCP.
+    pub fn service(&mut self, batch: &mut Batch) {
+        let mut budget = PACE_BURST;
+        self.backlogged = false;
         let mut connected_now = false;
         loop {
-            while let Some(msg) = self.pc.poll_write() {
+            while budget > 0 {
+                let Some(msg) = self.pc.poll_write() else { break };
                 batch.push(msg.transport.peer_addr, msg.message);
+                budget -= 1;
+            }
+            if budget == 0 {
+                self.backlogged = true;
             }
             let mut progressed = false;
             while let Some(event) = self.pc.poll_event() {
@@ -262,12 +289,10 @@ impl Session {
             }
         }
         if connected_now {
+            // The cached GOP goes out paced, with the next services.
             self.start();
-            while let Some(msg) = self.pc.poll_write() {
-                batch.push(msg.transport.peer_addr, msg.message);
-            }
+            self.backlogged = true;
         }
-        connected_now
     }
 
     /// Just connected: the cached GOP at once (or a keyframe asked for).
@@ -299,6 +324,13 @@ impl Session {
             TrackKind::Raw => {
                 let gop = track.gop();
                 if gop.is_empty() {
+                    return;
+                }
+                // Within the budget all sessions share ([limits] gop_resend_bps).
+                let bytes: usize = gop.iter().map(|au| au.data.len()).sum();
+                if !self.resend.try_take(bytes) {
+                    self.metrics.gop_resend_refused.inc();
+                    tracing::debug!(session = %self.id, bytes, "GOP resend over budget");
                     return;
                 }
                 self.metrics.gop_resent.inc();

@@ -2,7 +2,9 @@
 //! subscription per camera track they watch (one wake-up per access unit for
 //! the whole shard, not one per viewer), drives their peer connections with
 //! datagrams and timers, and flushes what they write in `sendmmsg` batches.
-//! The session that goes first rotates with every access unit.
+//! The session that goes first rotates with every access unit; a session
+//! hands over at most a burst of datagrams per service, the rest paced one
+//! burst per millisecond, so a keyframe never floods one viewer's buffer.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{Batch, MAX_BATCH};
 use super::demux::Routes;
-use super::session::Session;
+use super::session::{PACE_INTERVAL, Session};
 use crate::hub::TrackKind;
 use crate::media::AccessUnit;
 
@@ -84,9 +86,12 @@ pub(super) struct Shard {
     pub send_failures: Arc<Mutex<u64>>,
     /// `webrtc_shard_latency_seconds{shard}` (none without a registry).
     pub latency: Option<Histogram>,
-    /// Send-latency histograms of the sessions whose packets of the current
-    /// access unit are queued, observed once they are flushed.
-    pub waiting: Vec<Histogram>,
+    /// Send-latency histograms (and the access unit's `received_at`) of the
+    /// sessions whose last packets of an access unit are queued, observed
+    /// once they are flushed.
+    pub waiting: Vec<(Histogram, Instant)>,
+    /// Sessions with paced output left, serviced again at `next_pace`.
+    pub backlog: Vec<String>,
 }
 
 impl Shard {
@@ -94,8 +99,12 @@ impl Shard {
         let mut sessions: HashMap<String, Session> = HashMap::new();
         let mut groups: HashMap<(String, TrackKind), Group> = HashMap::new();
         let mut touched: Vec<String> = Vec::new();
+        let mut next_pace = Instant::now();
         loop {
-            let deadline = sessions.values_mut().filter_map(Session::next_timeout).min();
+            let mut deadline = sessions.values_mut().filter_map(Session::next_timeout).min();
+            if !self.backlog.is_empty() {
+                deadline = Some(deadline.map_or(next_pace, |d| d.min(next_pace)));
+            }
             let sleep_until = deadline.map_or_else(
                 || tokio::time::Instant::now() + Duration::from_secs(1),
                 |d| tokio::time::Instant::from_std(d.max(Instant::now())),
@@ -117,6 +126,11 @@ impl Shard {
                             s.handle_timeout(now);
                             touched.push(s.id.clone());
                         }
+                    }
+                    if now >= next_pace {
+                        // The paced sessions' next bursts.
+                        touched.append(&mut self.backlog);
+                        next_pace = now + PACE_INTERVAL;
                     }
                     ShardMsg::Tick
                 }
@@ -164,15 +178,15 @@ impl Shard {
                             let id = &group.sessions[(group.first + i) % n];
                             if let Some(s) = sessions.get_mut(id) {
                                 if s.send(&au) {
-                                    self.waiting.push(s.metrics.send_latency.clone());
+                                    s.latency_pending = Some(au.received_at);
                                 }
-                                s.service(&mut self.batch);
+                                self.service(s);
                                 if self.batch.len() >= MAX_BATCH {
-                                    self.flush_sent(&au).await;
+                                    self.flush_sent().await;
                                 }
                             }
                         }
-                        self.flush_sent(&au).await;
+                        self.flush_sent().await;
                         if let Some(h) = &self.latency {
                             h.observe(au.received_at.elapsed().as_secs_f64());
                         }
@@ -193,10 +207,10 @@ impl Shard {
             }
             for id in touched.drain(..) {
                 if let Some(s) = sessions.get_mut(&id) {
-                    s.service(&mut self.batch);
+                    self.service(s);
                 }
             }
-            self.flush().await;
+            self.flush_sent().await;
             let now = Instant::now();
             let over: Vec<String> = sessions.values().filter(|s| self.expired(s, now)).map(|s| s.id.clone()).collect();
             for id in over {
@@ -217,13 +231,26 @@ impl Shard {
         self.flush().await;
     }
 
-    /// Flushes, then observes `au`'s send latency for the sessions whose
-    /// packets just left.
-    async fn flush_sent(&mut self, au: &AccessUnit) {
+    /// Services a session: its output (one paced burst) into the batch; a
+    /// session with output left joins the backlog, one whose access unit has
+    /// all been queued has its send latency observed at the next flush.
+    fn service(&mut self, s: &mut Session) {
+        s.service(&mut self.batch);
+        if s.backlogged {
+            if !self.backlog.contains(&s.id) {
+                self.backlog.push(s.id.clone());
+            }
+        } else if let Some(at) = s.latency_pending.take() {
+            self.waiting.push((s.metrics.send_latency.clone(), at));
+        }
+    }
+
+    /// Flushes, then observes the send latency of the sessions whose last
+    /// packets of an access unit just left.
+    async fn flush_sent(&mut self) {
         self.flush().await;
-        let seconds = au.received_at.elapsed().as_secs_f64();
-        for h in self.waiting.drain(..) {
-            h.observe(seconds);
+        for (h, at) in self.waiting.drain(..) {
+            h.observe(at.elapsed().as_secs_f64());
         }
     }
 
