@@ -76,8 +76,11 @@ pub(super) struct Session {
     /// When the viewer last sent anything (consent checks come every few
     /// seconds; an ICE-lite agent sends none of its own to notice silence).
     pub last_received: Instant,
-    /// `received_at` of the last access unit sent (the GOP and the live feed overlap).
-    last_sent: Option<Instant>,
+    /// Access units (their data's address) last sent from the cached GOP,
+    /// which the live feed may bring again. Not `received_at`: annotated
+    /// access units of a camera with B-frames come in presentation order, so
+    /// their camera `received_at` is not monotonic.
+    from_gop: Vec<usize>,
     /// Wait for a keyframe before sending (nothing cached at connect).
     need_keyframe: bool,
     /// When the WHEP POST came; taken at the first keyframe sent.
@@ -202,7 +205,7 @@ impl Session {
             state: RTCPeerConnectionState::New,
             created_at: now,
             last_received: now,
-            last_sent: None,
+            from_gop: Vec::new(),
             need_keyframe: true,
             posted_at: Some(n.posted_at),
             last_keyframe_request: None,
@@ -306,7 +309,7 @@ impl Session {
             return;
         }
         for au in &gop {
-            self.send(au);
+            self.send(au, false);
         }
     }
 
@@ -335,9 +338,9 @@ impl Session {
                 }
                 self.metrics.gop_resent.inc();
                 self.rtp.reanchor = true;
-                self.last_sent = None;
+                self.from_gop.clear();
                 for au in &gop {
-                    self.send(au);
+                    self.send(au, false);
                 }
             }
         }
@@ -347,18 +350,29 @@ impl Session {
         self.state == RTCPeerConnectionState::Connected
     }
 
-    /// Sends `au` if the viewer is connected, it is not sent yet, and (after
-    /// a start without a cached GOP) a keyframe has come; true if it was
-    /// (the caller observes the send latency once the packets are flushed).
-    pub fn send(&mut self, au: &AccessUnit) -> bool {
-        if !self.is_connected() || self.last_sent.is_some_and(|t| au.received_at <= t) {
+    /// Sends `au` (`live`: from the relay, else from the cached GOP) if the
+    /// viewer is connected, it was not just sent from the GOP, and (after a
+    /// start without a cached GOP) a keyframe has come; true if it was (the
+    /// caller observes the send latency once the packets are flushed).
+    pub fn send(&mut self, au: &AccessUnit, live: bool) -> bool {
+        if !self.is_connected() {
             return false;
+        }
+        let id = au.data.as_ptr() as usize;
+        if live {
+            if self.from_gop.contains(&id) {
+                return false;
+            }
+            // Past the GOP: the live feed is new from here on.
+            self.from_gop.clear();
         }
         if self.need_keyframe && !au.keyframe {
             return false;
         }
         self.need_keyframe = false;
-        self.last_sent = Some(au.received_at);
+        if !live {
+            self.from_gop.push(id);
+        }
         let payloads = au.rtp_payloads.get_or_init(|| {
             let mut payloads = Vec::new();
             packetize_h264(&au.data, DEFAULT_MAX_PAYLOAD, &mut payloads);

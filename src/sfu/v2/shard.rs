@@ -177,7 +177,7 @@ impl Shard {
                         for i in 0..n {
                             let id = &group.sessions[(group.first + i) % n];
                             if let Some(s) = sessions.get_mut(id) {
-                                if s.send(&au) {
+                                if s.send(&au, true) {
                                     s.latency_pending = Some(au.received_at);
                                 }
                                 self.service(s);
