@@ -259,9 +259,9 @@ impl Default for LimitsConfig {
 
 impl LimitsConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(100_000..=100_000_000_000).contains(&self.gop_resend_bps) {
+        if !(10_000..=100_000_000_000).contains(&self.gop_resend_bps) {
             return Err(format!(
-                "limits.gop_resend_bps = {} is out of range 100000..=100000000000",
+                "limits.gop_resend_bps = {} is out of range 10000..=100000000000",
                 self.gop_resend_bps
             ));
         }

@@ -190,8 +190,11 @@ fn gop_resends_are_bounded_per_session_and_in_bandwidth() {
     rt.block_on(viewer.close());
     drop(app);
 
-    // A budget smaller than one GOP: nothing is resent, and the viewer streams on.
-    let app = start(&server, "gop_resends_budget", "[limits]\ngop_resend_bps = 100000\n");
+    // A budget smaller than any keyframe of the clip, so smaller than any GOP
+    // (24 kbit/s: a 2 s bucket of 6 KB; the clip's IDRs are 7.7-23.8 KB; at
+    // 100 kbit/s a GOP caught early in its second fits): nothing is resent,
+    // and the viewer streams on.
+    let app = start(&server, "gop_resends_budget", "[limits]\ngop_resend_bps = 24000\n");
     let viewer = pli_storm(&app, &rt);
     assert_eq!(resends(&app, "sent"), 0.0);
     assert!(resends(&app, "over_budget") >= 2.0, "refusals counted");
