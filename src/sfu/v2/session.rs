@@ -9,12 +9,11 @@ use std::time::Instant;
 use bytes::BytesMut;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_rtcp_reports};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
@@ -23,7 +22,7 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -148,9 +147,18 @@ impl Session {
                 RtpCodecKind::Video,
             )
             .map_err(webrtc_err)?;
-        // A send-only viewer needs the NACK responder and sender reports only.
-        let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut media_engine))
-            .with(rtc::interceptor::Slot::from(14_000), rtcp::KeyframeRequestForwarder::new(n.metrics.nacks.clone()));
+        // A send-only viewer needs the NACK responder and sender reports only
+        // (no NACK generator, no receiver reports: nothing is received).
+        for parameter in ["", "pli"] {
+            media_engine.register_feedback(
+                RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() },
+                RtpCodecKind::Video,
+            );
+        }
+        let registry = Registry::new()
+            .with(Slot::NackResponder, NackResponderBuilder::new().build())
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            .with(Slot::from(14_000), rtcp::KeyframeRequestForwarder::new(n.metrics.nacks.clone()));
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
             .with_answering_dtls_role(RTCDtlsRole::Client)
