@@ -629,11 +629,7 @@ impl Session {
                     }
                 }
             };
-            let payloads = au.rtp_payloads.get_or_init(|| {
-                let mut payloads = Vec::new();
-                packetize_h264(&au.data, DEFAULT_MAX_PAYLOAD, &mut payloads);
-                payloads
-            });
+            let payloads = packetize::shared_payloads(&au);
             let timestamp = self.rtp.timestamp(au.pts_90k, au.keyframe);
             let n = payloads.len();
             let mut bytes = 0;

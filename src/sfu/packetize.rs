@@ -15,6 +15,16 @@ const NAL_FILLER: u8 = 12;
 const STAP_A: u8 = 24;
 const FU_A: u8 = 28;
 
+/// `au`'s RTP payloads at [`DEFAULT_MAX_PAYLOAD`], made by the first session
+/// that sends it and shared by every other (`AccessUnit::rtp_payloads`).
+pub(crate) fn shared_payloads(au: &crate::media::AccessUnit) -> &[Bytes] {
+    au.rtp_payloads.get_or_init(|| {
+        let mut payloads = Vec::new();
+        packetize_h264(&au.data, DEFAULT_MAX_PAYLOAD, &mut payloads);
+        payloads
+    })
+}
+
 /// Splits `access_unit` (Annex B) into RTP payloads of at most `max_payload` bytes,
 /// appended to `out` in send order. The last one carries the end of the access
 /// unit (the RTP marker bit goes on it).

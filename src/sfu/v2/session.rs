@@ -31,7 +31,7 @@ use super::super::metrics::SessionMetrics;
 use super::super::patch::{PatchPlan, etag_for, plan};
 use super::super::rtp_state::RtpState;
 use super::super::sdpfrag::{self, SdpFragment};
-use super::super::{ChosenCodec, DEFAULT_MAX_PAYLOAD, Patched, SfuError, packetize_h264, rtcp};
+use super::super::{ChosenCodec, Patched, SfuError, rtcp};
 use super::batch::Batch;
 use crate::hub::{CameraTracks, CountGuard, TrackKind};
 use crate::media::AccessUnit;
@@ -381,11 +381,7 @@ impl Session {
         if !live {
             self.from_gop.push(id);
         }
-        let payloads = au.rtp_payloads.get_or_init(|| {
-            let mut payloads = Vec::new();
-            packetize_h264(&au.data, DEFAULT_MAX_PAYLOAD, &mut payloads);
-            payloads
-        });
+        let payloads = super::super::packetize::shared_payloads(au);
         let timestamp = self.rtp.timestamp(au.pts_90k, au.keyframe);
         let n = payloads.len();
         let mut bytes = 0;
