@@ -4,6 +4,8 @@
 //! Viewers are counted per track: each subscription of the per-session SFU,
 //! plus the sessions of a relay subscription (the one-port SFU's shards
 //! share one per track and count their sessions with [`Track::add_viewer`]).
+//! Beside the tracks, each camera's latest label (for the `labels` data
+//! channel of the viewer sessions, keyed to the frame's pts).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -237,14 +239,22 @@ impl Track {
     }
 }
 
-/// Both tracks of one camera.
+/// Both tracks of one camera, and its latest label.
 #[derive(Default)]
 pub struct CameraTracks {
     pub raw: Track,
     pub annotated: Track,
+    /// The latest label (`None` until the first): every classification
+    /// replaces it; a watcher that falls behind sees only the newest.
+    pub label: tokio::sync::watch::Sender<Option<Arc<crate::labels::Label>>>,
 }
 
 impl CameraTracks {
+    /// Makes `label` the camera's latest (tells the watchers).
+    pub fn publish_label(&self, label: Arc<crate::labels::Label>) {
+        self.label.send_replace(Some(label));
+    }
+
     pub fn track(&self, kind: TrackKind) -> &Track {
         match kind {
             TrackKind::Raw => &self.raw,

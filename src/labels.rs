@@ -54,9 +54,10 @@ impl LabelStore {
     /// Records a label and tells live subscribers. A camera's `captured_at`
     /// never goes backwards (a camera whose clock jumps back, by hours even,
     /// would otherwise hide its new labels from `since=` polling): a label
-    /// older than the previous one gets the previous time plus 1 µs.
-    pub fn push(&self, label: Label) {
-        self.record(label, true);
+    /// older than the previous one gets the previous time plus 1 µs. Returns
+    /// the label as stored.
+    pub fn push(&self, label: Label) -> Arc<Label> {
+        self.record(label, true)
     }
 
     /// Records a label another node of the cluster made (read back from
@@ -71,7 +72,7 @@ impl LabelStore {
         true
     }
 
-    fn record(&self, mut label: Label, publish: bool) {
+    fn record(&self, mut label: Label, publish: bool) -> Arc<Label> {
         {
             let mut map = self.by_camera.write().expect("labels lock is never poisoned");
             let ring = map.entry(label.camera.clone()).or_default();
@@ -88,7 +89,8 @@ impl LabelStore {
             if publish && let Some(bus) = &self.bus {
                 bus.label(&label);
             }
-            let _ = self.tx.send(label); // no subscribers is fine
+            let _ = self.tx.send(label.clone()); // no subscribers is fine
+            label
         }
     }
 

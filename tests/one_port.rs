@@ -272,3 +272,63 @@ fn hundred_sessions_nack_and_churn_on_one_port() {
     }
     rt.block_on(churn_offer.close());
 }
+
+/// The `labels` data channel: a viewer that opens it (as the viewer page
+/// does, unordered without retransmissions) gets every label as JSON keyed to
+/// the RTP timestamp its own video track gave the labelled frame; the labels
+/// are those of `/api/labels`; a viewer without the channel gets video only.
+#[test]
+fn labels_on_a_data_channel_keyed_to_the_frames_rtp_timestamps() {
+    if !netns::isolated("labels_on_a_data_channel_keyed_to_the_frames_rtp_timestamps") {
+        return;
+    }
+    let (_server, app, _port) = start_one_port("door");
+    let rt = runtime();
+    let viewer = rt.block_on(Viewer::with_labels(Offer::H264));
+    assert!(viewer.offer_sdp.contains("m=application"), "the offer has a data channel:\n{}", viewer.offer_sdp);
+    let (location, answer) = post(&app, &viewer, "/whep/door/raw");
+    assert!(answer.contains("m=application") && answer.contains("webrtc-datachannel"), "answer:\n{answer}");
+    rt.block_on(viewer.apply_answer(&answer));
+    let plain = rt.block_on(Viewer::new(Offer::H264));
+    let (plain_location, plain_answer) = post(&app, &plain, "/whep/door/raw");
+    rt.block_on(plain.apply_answer(&plain_answer));
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects; log:\n{}", app.log());
+    assert!(rt.block_on(plain.connected(Duration::from_secs(10))), "plain viewer connects; log:\n{}", app.log());
+    std::thread::sleep(Duration::from_secs(4));
+
+    let labels = viewer.labels();
+    assert!(labels.len() >= 5, "{} labels in 4 s on the channel; log:\n{}", labels.len(), app.log());
+    let frame_timestamps: std::collections::HashSet<u64> =
+        viewer.packets().iter().map(|p| u64::from(p.timestamp)).collect();
+    let history = app.get_json("/api/labels/door?limit=200");
+    let history = history.as_array().unwrap();
+    for (i, m) in labels.iter().enumerate() {
+        let keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["class_id", "label", "rtp_timestamp", "score", "top5"], "{m}");
+        let ts = m["rtp_timestamp"].as_u64().unwrap();
+        assert!(ts <= u64::from(u32::MAX), "{m}");
+        // The first may be the latest label of a frame before the viewer's
+        // first keyframe; every later one names a frame this viewer received.
+        assert!(i == 0 || frame_timestamps.contains(&ts), "label {i} at {ts} names no received frame: {m}");
+        let top5 = m["top5"].as_array().unwrap();
+        assert_eq!(top5.len(), 5, "{m}");
+        assert_eq!((&top5[0]["label"], &top5[0]["class_id"]), (&m["label"], &m["class_id"]), "{m}");
+        let score = m["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{m}");
+        let in_api =
+            history.iter().any(|l| l["label"] == m["label"] && (l["score"].as_f64().unwrap() - score).abs() < 1e-6);
+        assert!(in_api, "label {m} is not among /api/labels/door's last 200");
+    }
+    // Labels go out as frames come: consecutive labels name later frames.
+    let ts: Vec<u64> = labels.iter().skip(1).map(|m| m["rtp_timestamp"].as_u64().unwrap()).collect();
+    assert!(ts.windows(2).filter(|w| w[1] > w[0]).count() + 1 >= ts.len() * 9 / 10, "timestamps {ts:?}");
+    let sent = app.metric("infercast_webrtc_labels_sent_total{camera=\"door\",track=\"raw\"}");
+    assert!(sent >= labels.len() as f64, "metric {sent} < {} received", labels.len());
+    assert!(plain.labels().is_empty());
+
+    for (v, l) in [(&viewer, &location), (&plain, &plain_location)] {
+        let r = whep_client::delete(&app.base, l);
+        assert!(r.status == 200 || r.status == 204, "DELETE {l}: {} {}", r.status, r.body);
+        rt.block_on(v.close());
+    }
+}

@@ -94,8 +94,8 @@ pub(super) fn classify(
     pacer.submitted(now);
     latest.in_flight.store(true, Ordering::Release);
     let reply = {
-        let (latest, labels, metrics, name) =
-            (latest.clone(), ctx.labels.clone(), ctx.metrics.clone(), ctx.name.clone());
+        let (latest, labels, metrics, name, tracks) =
+            (latest.clone(), ctx.labels.clone(), ctx.metrics.clone(), ctx.name.clone(), ctx.tracks.clone());
         let (pts, captured_at) = (frame.pts_90k, frame.captured_at);
         Box::new(move |result: Result<crate::infer::Classification, InferError>| {
             latest.in_flight.store(false, Ordering::Release);
@@ -112,7 +112,7 @@ pub(super) fn classify(
             metrics.classified.inc();
             metrics.capture_to_label.observe(latency.as_secs_f64());
             *latest.label.lock().expect("label lock is never poisoned") = Some((top.label.to_string(), top.score));
-            labels.push(Label {
+            let stored = labels.push(Label {
                 camera: name,
                 label: top.label.clone(),
                 class_id: top.class_id,
@@ -122,6 +122,7 @@ pub(super) fn classify(
                 captured_at: DateTime::<Utc>::from(captured_at),
                 latency_ms: latency.as_secs_f64() * 1e3,
             });
+            tracks.publish_label(stored);
         })
     };
     match ctx.classifier.offer(tensor, reply) {

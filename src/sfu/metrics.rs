@@ -1,5 +1,5 @@
 //! The SFU's Prometheus metrics: viewers, sessions, packets, bytes, PLIs and
-//! NACKs per camera × track, the send latency and time to first frame per
+//! NACKs per camera × track, labels sent on the `labels` data channel, the send latency and time to first frame per
 //! track, the one-port SFU's latency per send worker; one set of
 //! pre-resolved handles per session so nothing is looked up per packet.
 
@@ -17,6 +17,7 @@ pub(super) struct SfuMetrics {
     keyframe_requests: IntCounterVec,
     nacks: IntCounterVec,
     gop_resends: IntCounterVec,
+    labels_sent: IntCounterVec,
     send_latency: HistogramVec,
     time_to_first_frame: HistogramVec,
     shard_latency: HistogramVec,
@@ -46,6 +47,11 @@ impl SfuMetrics {
             bytes_sent: counter("webrtc_bytes_sent_total", "RTP payload bytes sent to viewers")?,
             keyframe_requests: counter("webrtc_plis_total", "Keyframe requests (RTCP PLI or FIR) from viewers")?,
             nacks: counter("webrtc_nacks_total", "RTCP NACK packets (retransmission requests) from viewers")?,
+            labels_sent: counter(
+                "webrtc_labels_sent_total",
+                "Labels sent to viewers on their `labels` data channel (one-port SFU), each keyed to its frame's \
+                 RTP timestamp",
+            )?,
             gop_resends: IntCounterVec::new(
                 Opts::new(
                     "webrtc_gop_resends_total",
@@ -85,7 +91,8 @@ impl SfuMetrics {
             )
             .ok()?,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(m.labels_sent.clone()),
             Box::new(m.shard_latency.clone()),
             Box::new(m.time_to_first_frame.clone()),
             Box::new(m.gop_resends.clone()),
@@ -119,6 +126,7 @@ impl SfuMetrics {
             bytes_sent: self.bytes_sent.with_label_values(&labels),
             keyframe_requests: self.keyframe_requests.with_label_values(&labels),
             nacks: self.nacks.with_label_values(&labels),
+            labels_sent: self.labels_sent.with_label_values(&labels),
             gop_resent: self.gop_resends.with_label_values(&[camera, "sent"]),
             gop_resend_refused: self.gop_resends.with_label_values(&[camera, "over_budget"]),
             send_latency: self.send_latency.with_label_values(&[kind.as_str()]),
@@ -134,6 +142,7 @@ pub(super) struct SessionMetrics {
     pub bytes_sent: IntCounter,
     pub keyframe_requests: IntCounter,
     pub nacks: IntCounter,
+    pub labels_sent: IntCounter,
     pub gop_resent: IntCounter,
     pub gop_resend_refused: IntCounter,
     pub send_latency: Histogram,
@@ -152,6 +161,7 @@ impl SessionMetrics {
             bytes_sent: counter(),
             keyframe_requests: counter(),
             nacks: counter(),
+            labels_sent: counter(),
             gop_resent: counter(),
             gop_resend_refused: counter(),
             send_latency: histogram(),

@@ -8,6 +8,7 @@
 //! access units (the hub's broadcast drops them) and resumes at a keyframe.
 
 mod candidates;
+pub mod label_channel;
 mod metrics;
 mod offer;
 mod packetize;

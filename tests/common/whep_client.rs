@@ -1,5 +1,6 @@
 //! A WHEP viewer in Rust (webrtc 0.21): offers recvonly video, POSTs the offer,
-//! applies the answer and records every RTP packet it receives.
+//! applies the answer and records every RTP packet it receives (and, when
+//! asked, every message on a `labels` data channel it opens).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,6 +86,8 @@ pub struct Viewer {
     state: watch::Receiver<RTCPeerConnectionState>,
     packets: Arc<Mutex<Vec<RtpSeen>>>,
     track: Arc<Mutex<Option<Arc<dyn TrackRemote>>>>,
+    /// Text messages on the `labels` channel (see [`Viewer::with_labels`]).
+    labels: Arc<Mutex<Vec<String>>>,
 }
 
 fn codec(mime: &str, pt: u8, fmtp: &str) -> RTCRtpCodecParameters {
@@ -105,24 +108,39 @@ impl Viewer {
     /// complete offer (candidates included); keeps what it sees of every packet
     /// (`packets()`).
     pub async fn new(offer: Offer) -> Viewer {
-        let packets = Arc::new(Mutex::new(Vec::new()));
-        let seen = packets.clone();
-        let sink: RtpSink = Arc::new(move |p: &rtc::rtp::Packet| {
-            seen.lock().unwrap().push(RtpSeen {
-                payload_type: p.header.payload_type,
-                sequence_number: p.header.sequence_number,
-                timestamp: p.header.timestamp,
-                marker: p.header.marker,
-                nal_types: infercast::sfu::payload_nal_types(&p.payload),
-                payload_hash: hash(&p.payload),
-            });
-        });
-        Viewer { packets, ..Viewer::with_sink(offer, sink).await }
+        Viewer::build(offer, None, false).await
+    }
+
+    /// Like [`Viewer::new`], also opening a `labels` data channel (unordered,
+    /// no retransmissions, as the viewer page does) before the offer, and
+    /// keeping every message it receives (`labels()`).
+    pub async fn with_labels(offer: Offer) -> Viewer {
+        Viewer::build(offer, None, true).await
     }
 
     /// Like [`Viewer::new`], handing every received packet to `sink` instead of
     /// keeping it (`packets()` stays empty).
     pub async fn with_sink(offer: Offer, sink: RtpSink) -> Viewer {
+        Viewer::build(offer, Some(sink), false).await
+    }
+
+    /// The viewer: RTP packets to `sink` (`None`: kept for `packets()`), and
+    /// with `labels_channel` a `labels` data channel whose messages are kept.
+    pub async fn build(offer: Offer, sink: Option<RtpSink>, labels_channel: bool) -> Viewer {
+        let packets = Arc::new(Mutex::new(Vec::new()));
+        let sink = sink.unwrap_or_else(|| {
+            let seen = packets.clone();
+            Arc::new(move |p: &rtc::rtp::Packet| {
+                seen.lock().unwrap().push(RtpSeen {
+                    payload_type: p.header.payload_type,
+                    sequence_number: p.header.sequence_number,
+                    timestamp: p.header.timestamp,
+                    marker: p.header.marker,
+                    nal_types: infercast::sfu::payload_nal_types(&p.payload),
+                    payload_hash: hash(&p.payload),
+                });
+            })
+        });
         let mut media_engine = MediaEngine::default();
         let codecs = match offer {
             Offer::H264 => vec![
@@ -163,6 +181,23 @@ impl Viewer {
         )
         .await
         .expect("recvonly transceiver");
+        let labels = Arc::new(Mutex::new(Vec::new()));
+        if labels_channel {
+            let init = webrtc::data_channel::RTCDataChannelInit {
+                ordered: false,
+                max_retransmits: Some(0),
+                ..Default::default()
+            };
+            let dc = pc.create_data_channel("labels", Some(init)).await.expect("labels data channel");
+            let got = labels.clone();
+            tokio::spawn(async move {
+                while let Some(event) = dc.poll().await {
+                    if let webrtc::data_channel::DataChannelEvent::OnMessage(m) = event {
+                        got.lock().unwrap().push(String::from_utf8_lossy(&m.data).into_owned());
+                    }
+                }
+            });
+        }
         let offer = pc.create_offer(None).await.expect("offer");
         pc.set_local_description(offer).await.expect("set local offer");
         tokio::time::timeout(Duration::from_secs(5), gathered_rx.wait_for(|g| *g))
@@ -170,7 +205,12 @@ impl Viewer {
             .expect("ICE gathering completes")
             .expect("handler alive");
         let offer_sdp = pc.local_description().await.expect("local description").sdp;
-        Viewer { pc, offer_sdp, state: state_rx, packets: Arc::default(), track }
+        Viewer { pc, offer_sdp, state: state_rx, packets, track, labels }
+    }
+
+    /// The messages received on the `labels` channel so far, parsed.
+    pub fn labels(&self) -> Vec<serde_json::Value> {
+        self.labels.lock().unwrap().iter().map(|m| serde_json::from_str(m).expect("a label message is JSON")).collect()
     }
 
     pub async fn apply_answer(&self, answer_sdp: &str) {

@@ -1,12 +1,14 @@
 //! One viewer of the one-port SFU: a sans-IO peer connection (`rtc` 0.21,
 //! ICE-lite, DTLS client, SRTP keys of its own) that a shard drives with
-//! datagrams and time, and feeds access units as H.264 RTP.
+//! datagrams and time, and feeds access units as H.264 RTP and labels on
+//! the `labels` data channel when the viewer opens one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use rtc::data_channel::RTCDataChannelId;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
 use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
@@ -16,7 +18,7 @@ use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate};
@@ -27,6 +29,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use super::super::label_channel::{LABELS_CHANNEL, label_message};
 use super::super::metrics::SessionMetrics;
 use super::super::patch::{PatchPlan, etag_for, plan};
 use super::super::rtp_state::RtpState;
@@ -34,7 +37,12 @@ use super::super::sdpfrag::{self, SdpFragment};
 use super::super::{ChosenCodec, Patched, SfuError, rtcp};
 use super::batch::Batch;
 use crate::hub::{CameraTracks, CountGuard, TrackKind};
+use crate::labels::Label;
 use crate::media::AccessUnit;
+
+/// Most bytes a `labels` channel may have queued before a label is skipped
+/// (a viewer that stops reading costs this much, no more).
+const MAX_LABEL_BACKLOG_BYTES: usize = 64 * 1024;
 
 fn webrtc_err(e: impl std::fmt::Display) -> SfuError {
     SfuError::WebRtc(e.to_string())
@@ -101,6 +109,8 @@ pub(super) struct Session {
     /// once they have all left (`received_at`).
     pub latency_pending: Option<Instant>,
     resend: Arc<super::super::resend::ResendBudget>,
+    /// The viewer's open `labels` data channel.
+    labels_channel: Option<RTCDataChannelId>,
     _viewer: CountGuard,
     _held: Box<dyn Send>,
 }
@@ -226,6 +236,7 @@ impl Session {
             backlogged: false,
             latency_pending: None,
             resend: n.resend,
+            labels_channel: None,
             _viewer: viewer,
             _held: n.held,
         };
@@ -269,6 +280,7 @@ impl Session {
         let mut budget = PACE_BURST;
         self.backlogged = false;
         let mut connected_now = false;
+        let mut labels_opened = false;
         loop {
             while budget > 0 {
                 let Some(msg) = self.pc.poll_write() else { break };
@@ -281,19 +293,46 @@ impl Session {
             let mut progressed = false;
             while let Some(event) = self.pc.poll_event() {
                 progressed = true;
-                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
-                    tracing::debug!(session = %self.id, "viewer peer connection: {state}");
-                    if state == RTCPeerConnectionState::Connected && self.state != state {
-                        connected_now = true;
+                match event {
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                        tracing::debug!(session = %self.id, "viewer peer connection: {state}");
+                        if state == RTCPeerConnectionState::Connected && self.state != state {
+                            connected_now = true;
+                        }
+                        self.state = state;
                     }
-                    self.state = state;
+                    RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
+                        let name = self.pc.data_channel(id).map(|dc| dc.label().to_owned());
+                        if name.as_deref() == Some(LABELS_CHANNEL) && self.labels_channel.is_none() {
+                            tracing::debug!(session = %self.id, "labels data channel open");
+                            self.labels_channel = Some(id);
+                            labels_opened = true;
+                        }
+                    }
+                    RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id))
+                        if self.labels_channel == Some(id) =>
+                    {
+                        self.labels_channel = None;
+                    }
+                    _ => {}
                 }
             }
+            // The viewer's RTCP; anything it sends on a data channel is read
+            // and dropped (the `labels` channel only goes one way).
             while let Some(msg) = self.pc.poll_read() {
                 progressed = true;
                 if let RTCMessage::RtcpPacket(_, packets) = msg.message {
                     self.on_rtcp(&packets);
                 }
+            }
+            if labels_opened {
+                labels_opened = false;
+                // A viewer joining gets the latest label at once.
+                let latest = self.tracks.label.borrow().clone();
+                if let Some(label) = latest {
+                    self.send_label(&label);
+                }
+                progressed = true;
             }
             if !progressed {
                 break;
@@ -404,6 +443,34 @@ impl Session {
         self.metrics.packets_sent.inc_by(n as u64);
         self.metrics.bytes_sent.inc_by(bytes as u64);
         true
+    }
+
+    /// Sends `label` on the viewer's `labels` data channel, keyed to the RTP
+    /// timestamp this session gave its frame; true if it went out. Skipped
+    /// without a channel, before the first frame, for a frame from another
+    /// pts timeline (see [`RtpState::timestamp_of`]) and while the channel
+    /// has more than [`MAX_LABEL_BACKLOG_BYTES`] queued.
+    pub fn send_label(&mut self, label: &Label) -> bool {
+        let Some(id) = self.labels_channel else { return false };
+        let Some(rtp_timestamp) = self.rtp.timestamp_of(label.frame_pts) else { return false };
+        let Some(mut dc) = self.pc.data_channel(id) else {
+            self.labels_channel = None;
+            return false;
+        };
+        if dc.outstanding_bytes() > MAX_LABEL_BACKLOG_BYTES {
+            return false;
+        }
+        if let Err(e) = dc.send_text(Instant::now(), label_message(label, rtp_timestamp)) {
+            tracing::debug!(session = %self.id, "label not sent: {e}");
+            return false;
+        }
+        self.metrics.labels_sent.inc();
+        true
+    }
+
+    /// Whether the viewer has a `labels` data channel open.
+    pub fn wants_labels(&self) -> bool {
+        self.labels_channel.is_some()
     }
 
     /// The session's entity-tag now (quoted).

@@ -2,6 +2,8 @@
 //! subscription per camera track they watch (one wake-up per access unit for
 //! the whole shard, not one per viewer), drives their peer connections with
 //! datagrams and timers, and flushes what they write in `sendmmsg` batches.
+//! Each camera's labels come the same way (one watcher per camera track),
+//! to the sessions with a `labels` data channel open.
 //! The session that goes first rotates with every access unit; a session
 //! hands over at most a burst of datagrams per service, the rest paced one
 //! burst per millisecond, so a keyframe never floods one viewer's buffer.
@@ -34,6 +36,11 @@ pub(super) enum ShardMsg {
     Media {
         key: (String, TrackKind),
         au: AccessUnit,
+    },
+    /// The camera's newest label, for the group's `labels` channels.
+    Label {
+        key: (String, TrackKind),
+        label: Arc<crate::labels::Label>,
     },
     /// End a session; the reply comes once it is closed.
     Remove {
@@ -140,7 +147,8 @@ impl Shard {
                     let key = (session.camera.clone(), session.kind);
                     let group = groups.entry(key.clone()).or_insert_with(|| {
                         let relay = self.cancel.child_token();
-                        spawn_relay(key, session.tracks.clone(), self.to_self.clone(), relay.clone());
+                        spawn_relay(key.clone(), session.tracks.clone(), self.to_self.clone(), relay.clone());
+                        spawn_label_relay(key, session.tracks.clone(), self.to_self.clone(), relay.clone());
                         Group { sessions: Vec::new(), first: 0, relay }
                     });
                     group.sessions.push(session.id.clone());
@@ -191,6 +199,18 @@ impl Shard {
                             h.observe(au.received_at.elapsed().as_secs_f64());
                         }
                         group.first = (group.first + 1) % n.max(1);
+                    }
+                }
+                ShardMsg::Label { key, label } => {
+                    if let Some(group) = groups.get(&key) {
+                        for id in &group.sessions {
+                            if let Some(s) = sessions.get_mut(id)
+                                && s.wants_labels()
+                                && s.send_label(&label)
+                            {
+                                touched.push(id.clone());
+                            }
+                        }
                     }
                 }
                 ShardMsg::Remove { session, done } => {
@@ -310,6 +330,31 @@ fn spawn_relay(
             };
             let Some(au) = au else { return };
             if to.send(ShardMsg::Media { key: key.clone(), au }).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Forwards one camera's newest labels to the shard (one watcher per camera
+/// track the shard serves; a label replaced before the shard took it is
+/// skipped, as a viewer wants the newest).
+fn spawn_label_relay(
+    key: (String, TrackKind),
+    tracks: Arc<crate::hub::CameraTracks>,
+    to: mpsc::Sender<ShardMsg>,
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut rx = tracks.label.subscribe();
+        rx.mark_unchanged(); // each session takes the latest itself when its channel opens
+        loop {
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = cancel.cancelled() => return,
+            }
+            let Some(label) = rx.borrow_and_update().clone() else { continue };
+            if to.send(ShardMsg::Label { key: key.clone(), label }).await.is_err() {
                 return;
             }
         }
