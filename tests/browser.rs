@@ -235,3 +235,60 @@ fn viewer_page_in_chromium() {
     }
     assert!(artifacts.join("viewer.png").is_file(), "screenshot");
 }
+
+/// Labels drawn at their frame (`tests/browser/overlay.mjs`): a camera of
+/// three real photos in turn, the tile's labelled view (raw video + the
+/// `labels` data channel); the label the page draws on each frame is that
+/// frame's scene's class, except within one classification interval after a
+/// scene change; no annotated encoder runs meanwhile.
+#[test]
+fn labels_drawn_at_their_frame_in_chromium() {
+    require_browser_tools();
+    if !netns::isolated("labels_drawn_at_their_frame_in_chromium") {
+        return;
+    }
+    if std::env::var("INFERCAST_UDP_LISTEN").is_ok_and(|v| v.trim() == "off") {
+        // The `labels` channel is the one-port SFU's (README); the per-session
+        // SFU answers the data channel but sends nothing on it.
+        eprintln!("labels_drawn_at_their_frame_in_chromium: skipped on the per-session SFU (udp_listen = off)");
+        return;
+    }
+    let clip = common::fixture("scenes-640x480.h264");
+    let server = RtspServer::start(&[("/scenes", clip.to_str().unwrap())], None);
+    let app = Infercast::start(&[&format!("scenes={}", server.url("/scenes"))]);
+    app.wait_for("/api/cameras", Duration::from_secs(20), |v| all_streaming(v, 1));
+    // The classes of the scenes, in the clip's order (tests/fixtures/prepare).
+    let names: Vec<String> = std::fs::read_to_string(common::repo().join("models/imagenet_classes.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let classes = |ids: &[usize]| ids.iter().map(|&i| names[i].clone()).collect::<Vec<_>>();
+    let scenes = serde_json::json!([classes(&[967]), classes(&[281, 282, 283, 284, 285]), classes(&[872])]);
+    // Default classify_fps = 5: one classification every 200 ms = 18 000 ticks.
+    let interval_90k = 18_000;
+    let artifacts = common::repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = Command::new("node")
+        .arg(browser_dir().join("overlay.mjs"))
+        .arg(&app.base)
+        .arg(&artifacts)
+        .env("SCENES", scenes.to_string())
+        .env("INTERVAL_90K", interval_90k.to_string())
+        .current_dir(browser_dir())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    eprintln!("overlay.mjs: {events:?}");
+    let result = events.iter().find(|e| e["event"] == "overlay");
+    assert!(out.status.success() && result.is_some(), "overlay.mjs: {stdout}\nlog:\n{}", app.log());
+    let result = result.unwrap();
+    assert_eq!(result["wrong"], 0, "{result}");
+    assert_eq!(result["encoded_frames_during"], 0, "no annotated encoder while only the labelled view watches");
+    let sent = app.metric("infercast_webrtc_labels_sent_total{camera=\"scenes\",track=\"raw\"}");
+    assert!(sent >= 40.0, "labels sent on the data channel: {sent}");
+    assert!(artifacts.join("overlay.png").is_file(), "screenshot");
+}

@@ -13,6 +13,8 @@ const loginForm = document.getElementById('login');
 const summary = document.getElementById('summary');
 /** Tiles by camera name, in the order of /api/cameras. */
 const tiles = new Map();
+/** The tiles by camera name, for people and tests inspecting the page (e.g. `tile.overlay.drawn`). */
+window.infercastTiles = tiles;
 /** The newest label per camera, also for cameras whose tile is not built yet. */
 const latestLabels = new Map();
 let iceServers = [];

@@ -3,10 +3,14 @@
 // restarts ICE over PATCH when the connection is lost, reconnects with capped
 // backoff when that fails, the connection fails, the POST fails or frames
 // stop arriving, measures POST → first decoded frame, and samples the
-// connection's stats once a second. Knows nothing about the page layout.
+// connection's stats once a second. The `overlay` track is the raw track
+// with the session's `labels` data channel: its labels fill `labels`, one
+// timeline per session (each session has RTP timestamps of its own).
+// Knows nothing about the page layout.
 
 import { WhepSession } from './whep.js';
 import { StatsSampler } from './stats.js';
+import { LabelTimeline } from './overlay.js';
 
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 5000;
@@ -25,6 +29,8 @@ export class Player {
   stats = null;
   /** ms from the latest session's POST to its first decoded frame. */
   firstFrameMs = null;
+  /** The current session's labels by RTP timestamp (`overlay` track only; else null). */
+  labels = null;
   /** Sessions given up and re-opened so far. */
   retries = 0;
 
@@ -37,6 +43,8 @@ export class Player {
   /** Bumped by every connect, retry and stop: a stale async step sees it moved and gives up. */
   #generation = 0;
   #posting = false;
+  /** Aborts the POST in flight (and closes what it opens): see WhepSession.open. */
+  #pendingOpen = null;
   #restarting = false;
   #retryTimer = null;
   #graceTimer = null;
@@ -74,6 +82,7 @@ export class Player {
     this.#ticker = null;
     this.#session?.close();
     this.#session = null;
+    this.labels = null;
     this.#setPhase('stopped');
   }
 
@@ -111,12 +120,17 @@ export class Player {
     this.#cancelPending();
     this.#setPhase('connecting');
     this.#posting = true;
+    const timeline = this.#track === 'overlay' ? new LabelTimeline() : null;
+    const pending = new AbortController();
+    this.#pendingOpen = pending;
     let session = null;
     let error = null;
     try {
       session = await WhepSession.open(this.#endpointFor(this.#track), {
         iceServers: this.#iceServers,
         onStateChange: (s) => s === this.#session && this.#onPeerState(s.state),
+        signal: pending.signal,
+        onLabel: timeline ? (m) => timeline.add(m) : undefined,
       });
     } catch (e) {
       error = e;
@@ -126,12 +140,14 @@ export class Player {
       return;
     }
     this.#posting = false;
+    this.#pendingOpen = null;
     if (error) {
       this.#retry(error.message);
       return;
     }
     const old = this.#session;
     this.#session = session;
+    this.labels = timeline;
     this.#sampler = new StatsSampler();
     this.#lastFrames = 0;
     this.#lastProgressAt = performance.now();
@@ -223,6 +239,8 @@ export class Player {
   /** Forgets the pending retry, grace timer and POST (whose result will be dropped). */
   #cancelPending() {
     this.#posting = false;
+    this.#pendingOpen?.abort();
+    this.#pendingOpen = null;
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#graceTimer);
   }

@@ -1,14 +1,19 @@
-// One camera's tile: name and state badge, the video with its raw/annotated
-// switch, the live label over the picture, a notice when the camera is not
-// streaming, and the per-second stats line. Owns its DOM and its Player;
-// gets camera states and labels from app.js.
+// One camera's tile: name and state badge, the video with its track switch
+// (raw; labelled = raw + labels drawn at their frame from the session's
+// `labels` data channel; burned-in = the server's annotated track), the live
+// label over the picture, a notice when the camera is not streaming, and the
+// per-second stats line. Owns its DOM, its Player and its FrameOverlay; gets
+// camera states and labels (SSE) from app.js.
 //
 // Test hooks: <section class="tile" data-camera data-track data-state
 // data-video (player phase) data-retries data-ice-restarts data-first-frame-ms
 // (WHEP POST → first decoded frame) data-node (cluster mode: the node serving
 // it)>, which restarts ICE on an `infercast:restart-ice` event,
-// buttons [data-track-button], .label[data-label][data-score] and
-// .viewers[data-viewers] (viewer sessions of the camera, both tracks).
+// buttons [data-track-button] (`raw`, `overlay`, `annotated`),
+// .label[data-label][data-score], .viewers[data-viewers] (viewer sessions of
+// the camera, both tracks), and `tile.overlay.drawn` (the last frames of the
+// labelled view: `{rtpTimestamp, label}`, see overlay.js) via
+// `window.infercastTiles` (app.js).
 // Clicking a tile puts it in focus (its room's chat opens: app.js).
 //
 // Cluster mode: the tile names the node that pulls the camera, sends its
@@ -16,9 +21,18 @@
 // when the camera moves to another node.
 
 import { displayName } from './chat.js';
+import { FrameOverlay } from './overlay.js';
 import { Player } from './player.js';
 
-const TRACKS = ['raw', 'annotated'];
+/** What a tile can play: the WHEP track each uses, and the button's text. */
+const TRACKS = ['raw', 'overlay', 'annotated'];
+const TRACK_NAMES = { raw: 'raw', overlay: 'labelled', annotated: 'burned-in' };
+const TRACK_TITLES = {
+  raw: "the camera's own stream",
+  overlay: "the camera's own stream, labels drawn by this page on the frame each was computed from",
+  annotated: 'labels burned into the picture by the server (re-encoded)',
+};
+const whepTrack = (t) => (t === 'overlay' ? 'raw' : t);
 
 const NOTICES = {
   connecting: 'Connecting to the camera…',
@@ -64,6 +78,8 @@ export class Tile {
   #player;
   #parts;
   #trackChosen = false;
+  /** The label timeline the overlay draws (the player's current session's). */
+  #overlayLabels = null;
 
   #thisNode;
 
@@ -76,9 +92,14 @@ export class Tile {
     this.#thisNode = thisNode;
     const video = el('video', { autoplay: '', muted: '', playsinline: '' });
     video.muted = true; // the attribute alone does not mute a MediaStream in every browser
-    const buttons = TRACKS.map((t) => el('button', { type: 'button', 'data-track-button': t }, t));
+    const buttons = TRACKS.map((t) =>
+      el('button', { type: 'button', 'data-track-button': t, title: TRACK_TITLES[t] }, TRACK_NAMES[t]),
+    );
+    const canvas = el('canvas', { class: 'overlay', 'aria-hidden': 'true' });
+    this.overlay = new FrameOverlay(video, canvas);
     this.#parts = {
       video,
+      canvas,
       buttons,
       badge: el('span', { class: 'badge' }),
       node: el('span', { class: 'node', hidden: '' }),
@@ -105,7 +126,7 @@ export class Tile {
         this.#parts.viewers,
         el('div', { class: 'switch', role: 'group', 'aria-label': 'track' }, ...buttons),
       ),
-      el('div', { class: 'screen' }, video, this.#parts.label, this.#parts.notice),
+      el('div', { class: 'screen' }, video, canvas, this.#parts.label, this.#parts.notice),
       this.#parts.stats,
     );
     this.element.addEventListener('click', () => onFocus(this));
@@ -119,7 +140,7 @@ export class Tile {
     const endpointFor = (t) => {
       const name = displayName();
       const query = name ? `?name=${encodeURIComponent(name)}` : '';
-      return `${this.base}/whep/${encodeURIComponent(camera.name)}/${t}${query}`;
+      return `${this.base}/whep/${encodeURIComponent(camera.name)}/${whepTrack(t)}${query}`;
     };
     this.#player = new Player(video, { endpointFor, iceServers, onChange: () => this.#renderVideo() });
     this.element.addEventListener('infercast:restart-ice', () => this.#player.restartIce('requested'));
@@ -138,7 +159,7 @@ export class Tile {
     return url && node !== this.#thisNode ? url : '';
   }
 
-  /** Switches the video to `track` (`raw` or `annotated`) without reloading anything. */
+  /** Switches the video to `track` (`raw`, `overlay` or `annotated`) without reloading anything. */
   setTrack(track) {
     if (!TRACKS.includes(track) || (track === this.element.dataset.track && this.#player.phase !== 'stopped')) return;
     this.element.dataset.track = track;
@@ -176,10 +197,15 @@ export class Tile {
     this.#parts.badge.dataset.state = camera.state;
     this.#parts.badge.title = camera.state === 'degraded' ? (camera.last_error ?? '') : '';
     const rawPlayable = defaultTrack(camera) === 'raw';
-    const rawButton = this.#parts.buttons.find((b) => b.dataset.trackButton === 'raw');
-    rawButton.disabled = camera.codec != null && camera.codec !== 'H.264';
-    rawButton.title = rawPlayable ? '' : 'the camera sends B-frames or H.265: browsers may not play its own stream';
-    if (!rawPlayable && !this.#trackChosen && this.element.dataset.track === 'raw') this.setTrack('annotated');
+    for (const b of this.#parts.buttons.filter((b) => whepTrack(b.dataset.trackButton) === 'raw')) {
+      b.disabled = camera.codec != null && camera.codec !== 'H.264';
+      b.title = rawPlayable
+        ? TRACK_TITLES[b.dataset.trackButton]
+        : 'the camera sends B-frames or H.265: browsers may not play its own stream';
+    }
+    if (!rawPlayable && !this.#trackChosen && whepTrack(this.element.dataset.track) === 'raw') {
+      this.setTrack('annotated');
+    }
     if (camera.width && camera.height) this.#parts.video.style.aspectRatio = `${camera.width} / ${camera.height}`;
     this.#player.setCameraStreaming(streaming);
     this.#renderNotice();
@@ -234,7 +260,14 @@ export class Tile {
 
   #renderVideo() {
     const p = this.#player;
+    if (p.labels !== this.#overlayLabels) {
+      this.#overlayLabels = p.labels;
+      if (p.labels) this.overlay.start(p.labels);
+      else this.overlay.stop();
+    }
     this.element.dataset.video = p.phase;
+    // Until the data channel brings labels, the SSE label stays shown (style.css).
+    this.element.dataset.overlayLabels = String(p.labels?.size ?? 0);
     this.element.dataset.retries = String(p.retries);
     this.element.dataset.iceRestarts = String(p.iceRestarts);
     if (p.firstFrameMs != null) this.element.dataset.firstFrameMs = String(p.firstFrameMs);
@@ -246,7 +279,14 @@ export class Tile {
         fmt(s.kbps, 0, 'kbit/s'),
         `rtt ${fmt(s.rttMs, 0, 'ms')}`,
         `jitter buf ${fmt(s.jitterMs, 0, 'ms')}`,
-      ].join(' · ');
+      ];
+      if (p.labels) {
+        // Without rtpTimestamp (older browsers) the newest label is drawn, whatever its frame.
+        if (p.labels.size === 0) text.push('no labels on the data channel yet');
+        else if (this.overlay.exact === false) text.push('labels: newest (no frame timestamps)');
+        else text.push('labels at their frame');
+      }
+      text = text.join(' · ');
     } else {
       text = { connecting: 'connecting video…', retrying: p.detail }[p.phase] ?? p.phase;
     }

@@ -1,6 +1,7 @@
 // WHEP client (RFC 9725): one receive-only video session with the server.
 // Owns the RTCPeerConnection, the POST of the offer, the ICE restart over
-// PATCH and the DELETE of the session resource. Non-trickle: the offer goes
+// PATCH, the DELETE of the session resource, and (when asked) the `labels`
+// data channel, whose messages it hands on. Non-trickle: the offer goes
 // out at once, without waiting for candidates; the server answers with its
 // own and learns ours from the ICE checks. Knows nothing about pages, tiles
 // or retries.
@@ -74,39 +75,67 @@ export class WhepSession {
    * POSTs an offer to `endpoint` (e.g. `/whep/door/raw`) and applies the answer.
    * `onStateChange(session)` is called whenever `session.state` may have changed.
    * Rejects with a WhepError (the peer connection is closed then), also when the
-   * server has not answered within `timeoutMs`.
+   * server has not answered within `timeoutMs` or `signal` aborts first. An
+   * abort closes the session at once, synchronously: one the server has
+   * already answered is DELETEd even from a `pagehide` handler, whose page
+   * runs no more code after it returns. `onLabel(message)`: the session opens
+   * the server's `labels` data channel (unordered, no retransmissions: a late
+   * label is worth nothing) and hands on each message, parsed (README,
+   * "Labels at their frame").
    */
-  static async open(endpoint, { iceServers = [], onStateChange = () => {}, timeoutMs = 10000 } = {}) {
+  static async open(endpoint, { iceServers = [], onStateChange = () => {}, timeoutMs = 10000, signal, onLabel } = {}) {
     const pc = new RTCPeerConnection({ iceServers });
     const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
     const session = new WhepSession(pc, transceiver.receiver.track);
+    if (onLabel) {
+      const channel = pc.createDataChannel('labels', { ordered: false, maxRetransmits: 0 });
+      channel.addEventListener('message', (e) => {
+        let message;
+        try {
+          message = JSON.parse(e.data);
+        } catch {
+          return;
+        }
+        onLabel(message);
+      });
+      session.labelsChannel = channel;
+    }
     const report = () => onStateChange(session);
     pc.addEventListener('connectionstatechange', report);
     pc.addEventListener('iceconnectionstatechange', report);
+    const abort = () => session.close();
+    signal?.addEventListener('abort', abort, { once: true });
     try {
+      if (signal?.aborted) throw new WhepError(0, 'cancelled');
       await pc.setLocalDescription(await pc.createOffer());
       let res;
       try {
         session.postedAt = performance.now();
+        const timeout = AbortSignal.timeout(timeoutMs);
         res = await fetch(endpoint, {
           method: 'POST',
           headers: { 'Content-Type': 'application/sdp', ...authHeaders() },
           body: pc.localDescription.sdp,
-          signal: AbortSignal.timeout(timeoutMs),
+          // AbortSignal.any: Chromium 116, Firefox 124, Safari 17.4; older ones keep the timeout only.
+          signal: signal && AbortSignal.any ? AbortSignal.any([timeout, signal]) : timeout,
         });
       } catch (e) {
-        throw new WhepError(0, `server unreachable (${e.message})`);
+        throw new WhepError(0, signal?.aborted ? 'cancelled' : `server unreachable (${e.message})`);
       }
       if (res.status !== 201) throw new WhepError(res.status, await describeFailure(res));
       const location = res.headers.get('Location');
       if (!location) throw new WhepError(res.status, 'answer without a Location header');
       session.location = new URL(location, new URL(endpoint, document.baseURI)).href;
       session.etag = res.headers.get('ETag');
+      if (signal?.aborted) throw new WhepError(0, 'cancelled');
       await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+      if (session.closed) throw new WhepError(0, 'cancelled');
       return session;
     } catch (e) {
       session.close(); // also DELETEs a session the server created before it went wrong
       throw e instanceof WhepError ? e : new WhepError(0, e.message);
+    } finally {
+      signal?.removeEventListener('abort', abort);
     }
   }
 
@@ -122,6 +151,8 @@ export class WhepSession {
     this.etag = null;
     /** ICE restarts completed over PATCH. */
     this.iceRestarts = 0;
+    /** The `labels` data channel, when asked for. */
+    this.labelsChannel = null;
     this.closed = false;
   }
 

@@ -18,6 +18,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("app.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/app.js")),
     ("api.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/api.js")),
     ("tile.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/tile.js")),
+    ("overlay.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/overlay.js")),
     ("player.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/player.js")),
     ("stats.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/stats.js")),
     ("whep.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/whep.js")),

@@ -178,6 +178,13 @@ async function run(browserSlot) {
     await page.click('#login button[type=submit]');
     await page.waitForSelector('#login[hidden]', { state: 'attached', timeout: 10_000 });
     await waitFor('tiles after logging in', 10_000, async () => (await page.$$('section.tile')).length > 0);
+    // Leave only once every tile plays: the next check reloads the page and
+    // counts the server's viewers, and a POST still in flight at the reload
+    // would leave a session the server drops only at its connect timeout.
+    await waitFor('tiles playing after logging in', 15_000, async () => {
+      const videos = await page.$$eval('section.tile', (els) => els.map((e) => e.dataset.video));
+      return videos.length === names.length && videos.every((v) => v === 'playing');
+    });
     const cookies = await page.context().cookies();
     const session = cookies.find((c) => c.name === 'infercast_session');
     if (!session?.httpOnly || session.sameSite !== 'Strict') throw new Error(`session cookie ${JSON.stringify(session)}`);

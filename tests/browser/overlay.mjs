@@ -1,0 +1,178 @@
+// Labels drawn at their frame, in Debian's chromium (playwright-core), for
+// tests/browser.rs: the `scenes` camera plays three photos in turn, each with
+// a red / green / blue block in its top-left corner. The tile plays the
+// labelled view (raw video + the `labels` data channel); for every frame the
+// browser presents, a requestVideoFrameCallback of this script reads the
+// frame's rtpTimestamp and its corner colour (its scene), and the page's
+// overlay records the label it drew on that frame (tile.overlay.drawn). Each
+// frame's drawn label must be its scene's class, except on the frames within
+// one classification interval after a scene change. The video is held
+// 600 ms in the browser's jitter buffer (as on a jittery network), so labels
+// come well before their frames: a page drawing the newest label fails.
+//
+//   node overlay.mjs BASE_URL ARTIFACT_DIR
+//   env SCENES: JSON [[class names of scene 0], [scene 1], [scene 2]]
+//   env INTERVAL_90K: the classification interval, 90 kHz ticks
+//   stdout: one {"event":"overlay", ...figures} line, then exit 0;
+//   any failure: {"event":"error","error":...} and exit 1.
+
+import { launch } from './chromium.mjs';
+
+const [base, artifactDir] = process.argv.slice(2);
+const scenes = JSON.parse(process.env.SCENES ?? '[]');
+const interval90k = Number(process.env.INTERVAL_90K ?? 18000);
+const CAMERA = 'scenes';
+const WATCH_MS = 10_000;
+const JITTER_MS = 600;
+const emit = (event) => console.log(JSON.stringify(event));
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what, timeoutMs, probe) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+async function metric(name) {
+  const text = await (await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+  const line = text.split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'));
+  return line ? Number(line.split(' ').pop()) : 0;
+}
+
+/** In the page: records each presented frame's rtpTimestamp and scene (corner colour; -1 unknown). */
+function recordTruth(camera) {
+  const video = document.querySelector(`.tile[data-camera="${camera}"] video`);
+  const canvas = document.createElement('canvas');
+  canvas.width = 16;
+  canvas.height = 16;
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  window.__truth = [];
+  const onFrame = (_now, metadata) => {
+    const w = video.videoWidth;
+    // The block is 64×64 of 640 wide: sample its middle (16..48) scaled to 16×16.
+    ctx.drawImage(video, (16 * w) / 640, (16 * w) / 640, (32 * w) / 640, (32 * w) / 640, 0, 0, 16, 16);
+    const px = ctx.getImageData(0, 0, 16, 16).data;
+    const mean = [0, 1, 2].map((c) => {
+      let sum = 0;
+      for (let i = c; i < px.length; i += 4) sum += px[i];
+      return sum / (px.length / 4);
+    });
+    const top = mean.indexOf(Math.max(...mean));
+    const clear = mean[top] > 150 && mean.every((m, i) => i === top || m < 100);
+    window.__truth.push({ rtpTimestamp: metadata.rtpTimestamp ?? null, scene: clear ? top : -1, mean });
+    if (window.__truth.length > 2000) window.__truth.shift();
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}
+
+const browser = await launch({ viewport: { width: 1280, height: 900 } });
+const stop = setTimeout(() => {
+  emit({ event: 'error', error: 'overlay.mjs ran past 120 s' });
+  process.exit(1);
+}, 120_000);
+try {
+  const page = await browser.context.newPage();
+  // A viewer on a jittery network: the browser holds the video JITTER_MS in
+  // its jitter buffer (RTCRtpReceiver.jitterBufferTarget), so labels arrive
+  // well before their frames are shown. Drawing the newest label would then
+  // show each scene's label on the previous scene's last frames; drawing by
+  // rtpTimestamp must not.
+  await page.addInitScript((jitterMs) => {
+    const apply = RTCPeerConnection.prototype.setRemoteDescription;
+    RTCPeerConnection.prototype.setRemoteDescription = async function (...args) {
+      const r = await apply.apply(this, args);
+      for (const receiver of this.getReceivers()) receiver.jitterBufferTarget = jitterMs;
+      return r;
+    };
+  }, JITTER_MS);
+  page.on('console', (m) => m.type() === 'error' && console.error(`[page ${m.type()}] ${m.text()}`));
+  await page.goto(base + '/', { timeout: 20_000 });
+  const tile = `.tile[data-camera="${CAMERA}"]`;
+  await page.waitForSelector(tile, { timeout: 15_000 });
+  await page.click(`${tile} [data-track-button="overlay"]`, { timeout: 5000 });
+  await waitFor('the labelled view playing', 20_000, () =>
+    page.$eval(tile, (t) => t.dataset.track === 'overlay' && t.dataset.video === 'playing'),
+  );
+  // Labels drawn: the overlay has drawn a label on some frame.
+  await waitFor('a label drawn on a frame', 10_000, () =>
+    page.evaluate((c) => window.infercastTiles.get(c).overlay.drawn.some((d) => d.label), CAMERA),
+  );
+  const encodedBefore = await metric(`infercast_frames_encoded_total{camera="${CAMERA}"}`);
+  await page.evaluate(recordTruth, CAMERA);
+  await sleep(WATCH_MS);
+  const { truth, drawn, exact, stats } = await page.evaluate((c) => {
+    const t = window.infercastTiles.get(c);
+    return {
+      truth: window.__truth,
+      drawn: t.overlay.drawn,
+      exact: t.overlay.exact,
+      stats: document.querySelector(`.tile[data-camera="${c}"] .stats`).textContent,
+    };
+  }, CAMERA);
+  const encodedAfter = await metric(`infercast_frames_encoded_total{camera="${CAMERA}"}`);
+  await page.screenshot({ path: `${artifactDir}/overlay.png` });
+
+  if (exact !== true) throw new Error(`frames carry no rtpTimestamp (exact ${exact}); stats: ${stats}`);
+  if (!/labels at their frame/.test(stats)) throw new Error(`stats line: ${stats}`);
+  // Join: each frame the script saw with the label the overlay drew on it.
+  const drawnAt = new Map(drawn.filter((d) => d.rtpTimestamp != null).map((d) => [d.rtpTimestamp, d.label]));
+  const frames = truth.filter((f) => f.rtpTimestamp != null && drawnAt.has(f.rtpTimestamp));
+  if (frames.length < 150) throw new Error(`only ${frames.length} frames seen in ${WATCH_MS} ms`);
+  // Scene changes, by RTP timestamp (unwrapped relative to the first frame).
+  const rel = (ts) => ((ts - frames[0].rtpTimestamp) % 2 ** 32 + 2 ** 32) % 2 ** 32;
+  const changes = [];
+  for (let i = 1; i < frames.length; i++) {
+    if (frames[i].scene >= 0 && frames[i - 1].scene >= 0 && frames[i].scene !== frames[i - 1].scene) {
+      changes.push(rel(frames[i].rtpTimestamp));
+    }
+  }
+  if (changes.length < 3) throw new Error(`only ${changes.length} scene changes in ${WATCH_MS} ms`);
+  const counts = { checked: 0, excluded: 0, unknown_scene: 0, before_first_label: 0, wrong: 0 };
+  const wrong = [];
+  let labelled = false;
+  for (const f of frames) {
+    const label = drawnAt.get(f.rtpTimestamp);
+    labelled ||= label != null;
+    if (f.scene < 0) {
+      counts.unknown_scene++;
+      continue;
+    }
+    if (!labelled) {
+      counts.before_first_label++;
+      continue;
+    }
+    const t = rel(f.rtpTimestamp);
+    if (changes.some((c) => t >= c && t < c + interval90k)) {
+      counts.excluded++;
+      continue;
+    }
+    counts.checked++;
+    if (!scenes[f.scene]?.includes(label)) {
+      counts.wrong++;
+      if (wrong.length < 10) wrong.push({ rtp: f.rtpTimestamp, scene: f.scene, drawn: label });
+    }
+  }
+  const figures = {
+    frames: frames.length,
+    scene_changes: changes.length,
+    ...counts,
+    encoded_frames_during: encodedAfter - encodedBefore,
+    stats,
+  };
+  if (counts.checked < 100) throw new Error(`only ${counts.checked} frames checked: ${JSON.stringify(figures)}`);
+  if (counts.wrong > 0) throw new Error(`wrong label on ${counts.wrong} frames: ${JSON.stringify({ figures, wrong })}`);
+  if (counts.unknown_scene > frames.length / 10) throw new Error(`scene unreadable: ${JSON.stringify(figures)}`);
+  emit({ event: 'overlay', ...figures });
+  clearTimeout(stop);
+  await browser.close();
+  process.exit(0);
+} catch (e) {
+  emit({ event: 'error', error: String(e?.stack ?? e) });
+  await browser.close().catch(() => {});
+  process.exit(1);
+}
