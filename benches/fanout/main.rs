@@ -20,7 +20,10 @@
 //! `cargo bench --bench fanout` (~8 min); env `FANOUT_SFU` (`v1,v2`),
 //! `FANOUT_VIEWERS` (levels, default `1,20,100,200,300,400`; viewers are added,
 //! never restarted, between levels), `FANOUT_WINDOW_S` (10), `FANOUT_SETTLE_S`
-//! (3), `FANOUT_ANNOTATED=0` (skip that phase), `FANOUT_PIN=0` (no pinning).
+//! (3), `FANOUT_ANNOTATED=0` (skip that phase), `FANOUT_PIN=0` (no pinning),
+//! `FANOUT_LABELLED` (10; 0 skips it): on the one-port SFU, the server's CPU
+//! with that many "labelled" viewers (raw + the `labels` data channel: no
+//! encoder) against as many "burned-in" ones (the annotated track).
 //! The ramp stops after a level where viewers failed to connect or loss
 //! exceeded 2 %: the machine no longer keeps up, and higher levels only take longer.
 
@@ -102,6 +105,7 @@ fn main() {
         window: Duration::from_secs_f64(env_or("FANOUT_WINDOW_S", 10.0f64).clamp(1.0, 600.0)),
         settle: Duration::from_secs_f64(env_or("FANOUT_SETTLE_S", 3.0f64).clamp(0.0, 60.0)),
         with_annotated: env_or("FANOUT_ANNOTATED", 1u8) != 0,
+        labelled: env_or("FANOUT_LABELLED", 10usize),
         pin,
     };
     println!("load average at start: {}; speed reference {:.0} ms", load_average(), speed_reference_ms());
@@ -146,6 +150,7 @@ struct Options {
     window: Duration,
     settle: Duration,
     with_annotated: bool,
+    labelled: usize,
     pin: bool,
 }
 
@@ -263,6 +268,10 @@ fn run(sfu: Sfu, opts: &Options, camera: &RtspServer, rt: &tokio::runtime::Runti
         rt.block_on(close(one, &app.base));
     }
 
+    if opts.labelled > 0 && sfu == Sfu::V2 {
+        labelled_against_burned_in(opts.labelled, &app, rt, &timed, baseline_pct);
+    }
+
     println!("\n## Fan-out results, SFU {} (raw track, 720p25; row 0 = baseline with no viewer)", sfu.name());
     let mut all: Vec<&Row> = rows.iter().collect();
     all.extend(annotated.as_ref());
@@ -276,4 +285,49 @@ fn run(sfu: Sfu, opts: &Options, camera: &RtspServer, rt: &tokio::runtime::Runti
     );
     drop(app);
     Run { sfu, rows, annotated, ttff_ms }
+}
+
+/// Measures one window: (label, track, viewers, failed connects) → row.
+type Timed<'a> = dyn Fn(&str, &str, &[Viewer], usize) -> Row + 'a;
+
+/// `n` labelled viewers (raw + `labels` channel), then `n` burned-in ones
+/// (annotated track): the server's CPU for each, with the labels received
+/// and the annotated frames encoded meanwhile.
+fn labelled_against_burned_in(
+    n: usize,
+    app: &Infercast,
+    rt: &tokio::runtime::Runtime,
+    timed: &Timed<'_>,
+    baseline_pct: f64,
+) {
+    let encoded = || app.metric(&format!("infercast_frames_encoded_total{{camera=\"{CAMERA}\"}}"));
+    let mut results = Vec::new();
+    for (label, track, labels) in [("labelled", "raw", true), ("burned-in", "annotated", false)] {
+        // The annotated encoder of an earlier phase stops after its linger (default 2 s).
+        std::thread::sleep(Duration::from_secs(3));
+        let mut viewers = Vec::new();
+        let failures = rt.block_on(ramp_with(&mut viewers, n, &app.base, track, labels));
+        let receiving = rt.block_on(all_receiving(&viewers, Duration::from_secs(15)));
+        if !failures.is_empty() || !receiving {
+            println!("{label} viewers failed: {failures:?}, receiving {receiving}");
+            rt.block_on(close(viewers, &app.base));
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let labels_now = || viewers.iter().map(|v| v.inner.labels().len()).sum::<usize>();
+        let (t, encoded_before, labels_before) = (Instant::now(), encoded(), labels_now());
+        let row = timed(label, track, &viewers, 0);
+        let secs = t.elapsed().as_secs_f64();
+        let labels_per_s = (labels_now() - labels_before) as f64 / secs / n as f64;
+        results.push((label, row.server_pct, row.fps_min, labels_per_s, (encoded() - encoded_before) / secs));
+        rt.block_on(close(viewers, &app.base));
+    }
+    println!("\n## Labelled (raw + labels data channel) against burned-in (annotated track), {n} viewers each, 720p25");
+    println!(
+        "| view | server, % of a core | above the 0-viewer baseline | fps min | labels/s per viewer | annotated frames encoded/s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (label, pct, fps, labels, enc) in results {
+        println!("| {label} | {pct:.1} | {:.1} | {fps:.1} | {labels:.1} | {enc:.1} |", pct - baseline_pct);
+    }
 }

@@ -58,11 +58,17 @@ pub struct Viewer {
 impl Viewer {
     /// Offers recvonly H.264 (like a browser), POSTs to `base` + `path`, applies the answer.
     pub async fn connect(base: String, path: String) -> Result<Viewer, String> {
+        Viewer::connect_with(base, path, false).await
+    }
+
+    /// Like [`Viewer::connect`]; with `labels`, the viewer also opens the
+    /// `labels` data channel (as the viewer page's labelled view does).
+    pub async fn connect_with(base: String, path: String, labels: bool) -> Result<Viewer, String> {
         let receiver = Arc::new(Mutex::new(Receiver::new()));
         let counter = receiver.clone();
         let sink: whep_client::RtpSink =
             Arc::new(move |p| counter.lock().unwrap().on_packet(p.header.sequence_number, p.header.marker));
-        let inner = whep_client::Viewer::with_sink(whep_client::Offer::H264, sink).await;
+        let inner = whep_client::Viewer::build(whep_client::Offer::H264, Some(sink), labels).await;
         let offer_sdp = inner.offer_sdp.clone();
         let reply = tokio::task::spawn_blocking(move || whep_client::post(&base, &path, "application/sdp", &offer_sdp))
             .await
@@ -86,6 +92,11 @@ impl Viewer {
 
 /// Adds viewers of `track` until there are `n` (`CONNECT_BATCH` at a time); returns failures.
 pub async fn ramp(viewers: &mut Vec<Viewer>, n: usize, base: &str, track: &str) -> Vec<String> {
+    ramp_with(viewers, n, base, track, false).await
+}
+
+/// Like [`ramp`]; with `labels`, every viewer opens the `labels` data channel.
+pub async fn ramp_with(viewers: &mut Vec<Viewer>, n: usize, base: &str, track: &str, labels: bool) -> Vec<String> {
     let mut failures = Vec::new();
     let mut attempts = 0;
     while viewers.len() < n && attempts < n + CONNECT_BATCH {
@@ -93,7 +104,8 @@ pub async fn ramp(viewers: &mut Vec<Viewer>, n: usize, base: &str, track: &str) 
         attempts += batch;
         let path = format!("/whep/{CAMERA}/{track}");
         let joined =
-            futures::future::join_all((0..batch).map(|_| Viewer::connect(base.to_owned(), path.clone()))).await;
+            futures::future::join_all((0..batch).map(|_| Viewer::connect_with(base.to_owned(), path.clone(), labels)))
+                .await;
         for v in joined {
             match v {
                 Ok(v) if v.connected(Duration::from_secs(20)).await => viewers.push(v),
