@@ -90,7 +90,11 @@ function drawLabel(ctx, w, h, label) {
 export class FrameOverlay {
   /** True while frames carry `rtpTimestamp` (labels at their frame); false: newest label drawn. */
   exact = null;
-  /** The last frames presented: `{rtpTimestamp, label}` (label drawn, null: none), oldest first. */
+  /**
+   * The last frames presented, oldest first: `{rtpTimestamp, label, offsetMs}`:
+   * the label drawn (null: none) and how far the frame lies after the frame
+   * that label was computed from (ms; the label-to-frame offset).
+   */
   drawn = [];
   #video;
   #canvas;
@@ -145,7 +149,8 @@ export class FrameOverlay {
     }
     const ctx = canvas.getContext('2d');
     if (ctx) drawLabel(ctx, w, h, label);
-    this.drawn.push({ rtpTimestamp: exact ? rtpTimestamp : null, label: label?.label ?? null });
+    const offsetMs = exact && label ? (((rtpTimestamp - label.rtp_timestamp) % TWO_32) + TWO_32) % TWO_32 / 90 : null;
+    this.drawn.push({ rtpTimestamp: exact ? rtpTimestamp : null, label: label?.label ?? null, offsetMs });
     if (this.drawn.length > MAX_DRAWN) this.drawn.splice(0, this.drawn.length - MAX_DRAWN);
   }
 }

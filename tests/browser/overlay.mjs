@@ -157,8 +157,13 @@ try {
       if (wrong.length < 10) wrong.push({ rtp: f.rtpTimestamp, scene: f.scene, drawn: label });
     }
   }
+  // Label-to-frame offset: how far each frame lies after the frame its label was made from.
+  const offsets = drawn.map((d) => d.offsetMs).filter((o) => o != null).sort((a, b) => a - b);
+  const q = (p) => (offsets.length ? Math.round(offsets[Math.min(offsets.length - 1, Math.floor(p * offsets.length))]) : null);
   const figures = {
     frames: frames.length,
+    label_offset_ms_p50: q(0.5),
+    label_offset_ms_p95: q(0.95),
     scene_changes: changes.length,
     ...counts,
     encoded_frames_during: encodedAfter - encodedBefore,
@@ -166,6 +171,8 @@ try {
   };
   if (counts.checked < 100) throw new Error(`only ${counts.checked} frames checked: ${JSON.stringify(figures)}`);
   if (counts.wrong > 0) throw new Error(`wrong label on ${counts.wrong} frames: ${JSON.stringify({ figures, wrong })}`);
+  // At 5 labels/s a frame is at most ~200 ms (one interval, plus one frame) after its label's frame.
+  if (!(figures.label_offset_ms_p95 <= 250)) throw new Error(`label-to-frame offset: ${JSON.stringify(figures)}`);
   if (counts.unknown_scene > frames.length / 10) throw new Error(`scene unreadable: ${JSON.stringify(figures)}`);
   emit({ event: 'overlay', ...figures });
   clearTimeout(stop);
