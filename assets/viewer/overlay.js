@@ -55,11 +55,9 @@ export class LabelTimeline {
     return null;
   }
 
-  /** The newest label received (whatever its frame). */
+  /** The label of the latest frame (whatever frame is shown). */
   newest() {
-    let best = null;
-    for (const l of this.#labels) if (!best || l.at >= best.at) best = l;
-    return best?.label ?? null;
+    return this.#labels.at(-1)?.label ?? null;
   }
 
   get size() {

@@ -42,8 +42,7 @@ export class Player {
   #session = null;
   /** Bumped by every connect, retry and stop: a stale async step sees it moved and gives up. */
   #generation = 0;
-  #posting = false;
-  /** Aborts the POST in flight (and closes what it opens): see WhepSession.open. */
+  /** The POST in flight (null: none); aborting it closes what it opens: see WhepSession.open. */
   #pendingOpen = null;
   #restarting = false;
   #retryTimer = null;
@@ -119,7 +118,6 @@ export class Player {
     const generation = ++this.#generation;
     this.#cancelPending();
     this.#setPhase('connecting');
-    this.#posting = true;
     const timeline = this.#track === 'overlay' ? new LabelTimeline() : null;
     const pending = new AbortController();
     this.#pendingOpen = pending;
@@ -139,7 +137,6 @@ export class Player {
       session?.close(); // replaced or stopped meanwhile
       return;
     }
-    this.#posting = false;
     this.#pendingOpen = null;
     if (error) {
       this.#retry(error.message);
@@ -222,7 +219,7 @@ export class Player {
     if (frames > this.#lastFrames) {
       this.#lastFrames = frames;
       this.#lastProgressAt = now;
-    } else if (this.#cameraStreaming && !this.#posting && now - this.#lastProgressAt > STALL_MS) {
+    } else if (this.#cameraStreaming && this.#pendingOpen == null && now - this.#lastProgressAt > STALL_MS) {
       this.#retry(`no video for ${STALL_MS / 1000} s`);
       return;
     }
@@ -238,7 +235,6 @@ export class Player {
 
   /** Forgets the pending retry, grace timer and POST (whose result will be dropped). */
   #cancelPending() {
-    this.#posting = false;
     this.#pendingOpen?.abort();
     this.#pendingOpen = null;
     clearTimeout(this.#retryTimer);

@@ -468,11 +468,6 @@ impl Session {
         true
     }
 
-    /// Whether the viewer has a `labels` data channel open.
-    pub fn wants_labels(&self) -> bool {
-        self.labels_channel.is_some()
-    }
-
     /// The session's entity-tag now (quoted).
     pub fn etag(&self) -> String {
         etag_for(&self.id, self.restarts)

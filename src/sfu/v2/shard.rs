@@ -147,8 +147,7 @@ impl Shard {
                     let key = (session.camera.clone(), session.kind);
                     let group = groups.entry(key.clone()).or_insert_with(|| {
                         let relay = self.cancel.child_token();
-                        spawn_relay(key.clone(), session.tracks.clone(), self.to_self.clone(), relay.clone());
-                        spawn_label_relay(key, session.tracks.clone(), self.to_self.clone(), relay.clone());
+                        spawn_relay(key, session.tracks.clone(), self.to_self.clone(), relay.clone());
                         Group { sessions: Vec::new(), first: 0, relay }
                     });
                     group.sessions.push(session.id.clone());
@@ -205,7 +204,6 @@ impl Shard {
                     if let Some(group) = groups.get(&key) {
                         for id in &group.sessions {
                             if let Some(s) = sessions.get_mut(id)
-                                && s.wants_labels()
                                 && s.send_label(&label)
                             {
                                 touched.push(id.clone());
@@ -312,8 +310,10 @@ impl Shard {
     }
 }
 
-/// Forwards one camera track's live access units to the shard (one relay
-/// subscription, however many of the shard's sessions watch it).
+/// Forwards one camera track's live access units, and its camera's newest
+/// labels, to the shard (one relay subscription and one label watcher,
+/// however many of the shard's sessions watch it; a label replaced before the
+/// shard took it is skipped, as a viewer wants the newest).
 fn spawn_relay(
     key: (String, TrackKind),
     tracks: Arc<crate::hub::CameraTracks>,
@@ -323,38 +323,24 @@ fn spawn_relay(
     tokio::spawn(async move {
         let mut sub = tracks.track(key.1).subscribe_relay();
         sub.gop.clear(); // each session takes the GOP itself when it connects
+        let mut labels = tracks.label.subscribe();
+        labels.mark_unchanged(); // each session takes the latest itself when its channel opens
         loop {
-            let au = tokio::select! {
-                au = sub.next() => au,
+            let msg = tokio::select! {
+                au = sub.next() => match au {
+                    Some(au) => ShardMsg::Media { key: key.clone(), au },
+                    None => return,
+                },
+                changed = labels.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let Some(label) = labels.borrow_and_update().clone() else { continue };
+                    ShardMsg::Label { key: key.clone(), label }
+                }
                 () = cancel.cancelled() => return,
             };
-            let Some(au) = au else { return };
-            if to.send(ShardMsg::Media { key: key.clone(), au }).await.is_err() {
-                return;
-            }
-        }
-    });
-}
-
-/// Forwards one camera's newest labels to the shard (one watcher per camera
-/// track the shard serves; a label replaced before the shard took it is
-/// skipped, as a viewer wants the newest).
-fn spawn_label_relay(
-    key: (String, TrackKind),
-    tracks: Arc<crate::hub::CameraTracks>,
-    to: mpsc::Sender<ShardMsg>,
-    cancel: CancellationToken,
-) {
-    tokio::spawn(async move {
-        let mut rx = tracks.label.subscribe();
-        rx.mark_unchanged(); // each session takes the latest itself when its channel opens
-        loop {
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
-                () = cancel.cancelled() => return,
-            }
-            let Some(label) = rx.borrow_and_update().clone() else { continue };
-            if to.send(ShardMsg::Label { key: key.clone(), label }).await.is_err() {
+            if to.send(msg).await.is_err() {
                 return;
             }
         }
