@@ -240,7 +240,9 @@ fn viewer_page_in_chromium() {
 /// three real photos in turn, the tile's labelled view (raw video + the
 /// `labels` data channel); the label the page draws on each frame is that
 /// frame's scene's class, except within one classification interval after a
-/// scene change; no annotated encoder runs meanwhile.
+/// scene change; no annotated encoder runs meanwhile. Then the tile plays the
+/// burned-in track, and the label read off each frame's picture (against the
+/// server's own renderings, `common::burned_in`) is that frame's scene's class.
 #[test]
 fn labels_drawn_at_their_frame_in_chromium() {
     require_browser_tools();
@@ -275,6 +277,7 @@ fn labels_drawn_at_their_frame_in_chromium() {
         .arg(&artifacts)
         .env("SCENES", scenes.to_string())
         .env("INTERVAL_90K", interval_90k.to_string())
+        .env("BURNED_CROP", serde_json::json!(BURNED_CROP).to_string())
         .current_dir(browser_dir())
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -291,4 +294,101 @@ fn labels_drawn_at_their_frame_in_chromium() {
     let sent = app.metric("infercast_webrtc_labels_sent_total{camera=\"scenes\",track=\"raw\"}");
     assert!(sent >= 40.0, "labels sent on the data channel: {sent}");
     assert!(artifacts.join("overlay.png").is_file(), "screenshot");
+
+    // The same check on the burned-in track: each frame's label, read off the
+    // picture, is its scene's class.
+    let burned = events.iter().find(|e| e["event"] == "burned").expect("burned-in frames reported");
+    let candidates: Vec<String> = scenes
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s.as_array().unwrap())
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    let figures = check_burned_in(burned, &scenes, &candidates, interval_90k);
+    eprintln!("burned-in track: {figures}");
+}
+
+/// The label box's text line on the 640×480 scenes (overlay.rs geometry: text
+/// 26 px high from (12, 12)), without the score bar below it (from y 41).
+const BURNED_CROP: [usize; 4] = [6, 6, 320, 33];
+
+/// Reads the label burned into each frame of `burned` (overlay.mjs) and checks
+/// it is the frame's scene's class, except within two classification
+/// intervals after a scene change: the server draws the newest label it has,
+/// which names the new scene only after that scene's next classification
+/// (at most one interval) has run. Returns the figures.
+fn check_burned_in(
+    burned: &serde_json::Value,
+    scenes: &serde_json::Value,
+    candidates: &[String],
+    interval_90k: u32,
+) -> serde_json::Value {
+    let reader = common::burned_in::LabelReader::new(candidates, 640, 480, BURNED_CROP);
+    let frames: Vec<&serde_json::Value> =
+        burned["frames"].as_array().unwrap().iter().filter(|f| f["rtpTimestamp"].is_u64()).collect();
+    assert!(frames.len() >= 100, "burned-in frames with an rtpTimestamp: {}", frames.len());
+    for f in &frames {
+        assert_eq!((f["width"].as_u64(), f["height"].as_u64()), (Some(640), Some(480)), "burned-in frame size");
+    }
+    let rtp = |f: &serde_json::Value| f["rtpTimestamp"].as_u64().unwrap() as u32;
+    let rel = |f: &serde_json::Value| rtp(f).wrapping_sub(rtp(frames[0]));
+    let scene = |f: &serde_json::Value| f["scene"].as_i64().unwrap();
+    let changes: Vec<u32> = frames
+        .windows(2)
+        .filter(|p| scene(p[0]) >= 0 && scene(p[1]) >= 0 && scene(p[0]) != scene(p[1]))
+        .map(|p| rel(p[1]))
+        .collect();
+    assert!(changes.len() >= 3, "scene changes in the burned-in frames: {changes:?}");
+    let (mut checked, mut excluded, mut unknown, mut unlabelled, mut ambiguous) = (0, 0, 0, 0, 0);
+    let mut wrong = Vec::new();
+    let (mut distances, mut margins) = (Vec::new(), Vec::new());
+    // Per scene change: ticks from the change to the first frame burned with the new scene's class.
+    let mut lag_90k: Vec<Option<u32>> = vec![None; changes.len()];
+    for f in &frames {
+        let reading = reader.read(f["mask"].as_str().unwrap());
+        let s = scene(f);
+        if s < 0 {
+            unknown += 1;
+            continue;
+        }
+        let Some(label) = reading.label.as_deref() else {
+            unlabelled += 1;
+            continue;
+        };
+        let right = scenes[s as usize].as_array().unwrap().iter().any(|n| n == label);
+        let t = rel(f);
+        if let Some(i) = changes.iter().rposition(|&c| t >= c)
+            && right
+            && lag_90k[i].is_none()
+        {
+            lag_90k[i] = Some(t - changes[i]);
+        }
+        if changes.iter().any(|&c| t >= c && t < c + 2 * interval_90k) {
+            excluded += 1;
+            continue;
+        }
+        checked += 1;
+        distances.push(reading.distance);
+        margins.push(reading.margin);
+        if reading.margin < 100 {
+            ambiguous += 1;
+        }
+        if !right {
+            wrong.push(serde_json::json!({"rtp": rtp(f), "scene": s, "read": label, "distance": reading.distance, "margin": reading.margin}));
+        }
+    }
+    distances.sort_unstable();
+    let lag_ms: Vec<Option<u32>> = lag_90k.iter().map(|l| l.map(|t| t / 90)).collect();
+    let figures = serde_json::json!({
+        "frames": frames.len(), "scene_changes": changes.len(), "checked": checked, "excluded": excluded,
+        "unknown_scene": unknown, "unlabelled": unlabelled, "ambiguous": ambiguous, "wrong": wrong.len(),
+        "distance_px_p50": distances.get(distances.len() / 2), "margin_px_min": margins.iter().min(),
+        "label_lag_ms_per_change": lag_ms,
+    });
+    assert!(checked >= 80, "burned-in frames checked: {figures}");
+    assert!(wrong.is_empty(), "burned-in label wrong on {} frames: {figures}\n{wrong:#?}", wrong.len());
+    assert!(unlabelled + unknown <= frames.len() / 10, "burned-in frames unreadable: {figures}");
+    assert!(ambiguous <= checked / 10, "burned-in labels read with a small margin: {figures}");
+    figures
 }

@@ -9,11 +9,18 @@
 // one classification interval after a scene change. The video is held
 // 600 ms in the browser's jitter buffer (as on a jittery network), so labels
 // come well before their frames: a page drawing the newest label fails.
+// Then the tile plays the burned-in track (the server's annotated encode) for
+// BURNED_MS, and the script records each frame's scene and the label box's
+// text as a bitmask, which tests/browser.rs reads against the server's own
+// renderings of each label.
 //
 //   node overlay.mjs BASE_URL ARTIFACT_DIR
 //   env SCENES: JSON [[class names of scene 0], [scene 1], [scene 2]]
 //   env INTERVAL_90K: the classification interval, 90 kHz ticks
-//   stdout: one {"event":"overlay", ...figures} line, then exit 0;
+//   env BURNED_CROP: JSON [x, y, w, h], the burned-in label's text line
+//   stdout: one {"event":"overlay", ...figures} line, then one
+//   {"event":"burned", crop, frames: [{rtpTimestamp, width, height, scene,
+//   mask}]} line (the burned-in track's frames), then exit 0;
 //   any failure: {"event":"error","error":...} and exit 1.
 
 import { launch } from './chromium.mjs';
@@ -21,8 +28,11 @@ import { launch } from './chromium.mjs';
 const [base, artifactDir] = process.argv.slice(2);
 const scenes = JSON.parse(process.env.SCENES ?? '[]');
 const interval90k = Number(process.env.INTERVAL_90K ?? 18000);
+// The burned-in label's text line, [x, y, w, h] px of the frame (tests/browser.rs).
+const crop = JSON.parse(process.env.BURNED_CROP ?? '[6, 6, 320, 33]');
 const CAMERA = 'scenes';
 const WATCH_MS = 10_000;
+const BURNED_MS = 8_000;
 const JITTER_MS = 600;
 const emit = (event) => console.log(JSON.stringify(event));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -52,9 +62,19 @@ function recordTruth(camera) {
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
   window.__truth = [];
   const onFrame = (_now, metadata) => {
-    const w = video.videoWidth;
-    // The block is 64×64 of 640 wide: sample its middle (16..48) scaled to 16×16.
-    ctx.drawImage(video, (16 * w) / 640, (16 * w) / 640, (32 * w) / 640, (32 * w) / 640, 0, 0, 16, 16);
+    window.__truth.push({ rtpTimestamp: metadata.rtpTimestamp ?? null, scene: window.__sceneOf(video, ctx) });
+    if (window.__truth.length > 2000) window.__truth.shift();
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}
+
+/** In the page: the scene of the frame `video` shows (0, 1, 2 by its corner block's colour; -1 unknown). */
+function installSceneOf() {
+  window.__sceneOf = (video, ctx) => {
+    const [w, h] = [video.videoWidth, video.videoHeight];
+    // The block is 64×64 at the bottom left of 640×480: sample its middle 32×32, scaled to 16×16.
+    ctx.drawImage(video, (16 * w) / 640, (432 * h) / 480, (32 * w) / 640, (32 * h) / 480, 0, 0, 16, 16);
     const px = ctx.getImageData(0, 0, 16, 16).data;
     const mean = [0, 1, 2].map((c) => {
       let sum = 0;
@@ -62,9 +82,44 @@ function recordTruth(camera) {
       return sum / (px.length / 4);
     });
     const top = mean.indexOf(Math.max(...mean));
-    const clear = mean[top] > 150 && mean.every((m, i) => i === top || m < 100);
-    window.__truth.push({ rtpTimestamp: metadata.rtpTimestamp ?? null, scene: clear ? top : -1, mean });
-    if (window.__truth.length > 2000) window.__truth.shift();
+    return mean[top] > 150 && mean.every((m, i) => i === top || m < 100) ? top : -1;
+  };
+}
+
+/**
+ * In the page: records each presented frame of the burned-in track: its
+ * rtpTimestamp, scene and the label box's text as a bitmask (luma ≥ 160 of
+ * 255, row-major over `crop` = [x, y, w, h], LSB first, base64), for
+ * tests/browser.rs to read against the server's own label renderings.
+ */
+function recordBurned([camera, crop]) {
+  const video = document.querySelector(`.tile[data-camera="${camera}"] video`);
+  const scene = document.createElement('canvas');
+  scene.width = 16;
+  scene.height = 16;
+  const sceneCtx = scene.getContext('2d', { willReadFrequently: true });
+  const full = document.createElement('canvas');
+  const ctx = full.getContext('2d', { willReadFrequently: true });
+  const [cx, cy, cw, ch] = crop;
+  window.__burned = [];
+  const onFrame = (_now, metadata) => {
+    if (window.__burned.length < 600) {
+      [full.width, full.height] = [video.videoWidth, video.videoHeight];
+      ctx.drawImage(video, 0, 0);
+      const px = ctx.getImageData(cx, cy, cw, ch).data;
+      const bits = new Uint8Array(Math.ceil((cw * ch) / 8));
+      for (let i = 0; i < cw * ch; i++) {
+        const luma = 0.299 * px[4 * i] + 0.587 * px[4 * i + 1] + 0.114 * px[4 * i + 2];
+        if (luma >= 160) bits[i >> 3] |= 1 << (i & 7);
+      }
+      window.__burned.push({
+        rtpTimestamp: metadata.rtpTimestamp ?? null,
+        width: video.videoWidth,
+        height: video.videoHeight,
+        scene: window.__sceneOf(video, sceneCtx),
+        mask: btoa(String.fromCharCode(...bits)),
+      });
+    }
     video.requestVideoFrameCallback(onFrame);
   };
   video.requestVideoFrameCallback(onFrame);
@@ -72,9 +127,9 @@ function recordTruth(camera) {
 
 const browser = await launch({ viewport: { width: 1280, height: 900 } });
 const stop = setTimeout(() => {
-  emit({ event: 'error', error: 'overlay.mjs ran past 120 s' });
+  emit({ event: 'error', error: 'overlay.mjs ran past 150 s' });
   process.exit(1);
-}, 120_000);
+}, 150_000);
 try {
   const page = await browser.context.newPage();
   // A viewer on a jittery network: the browser holds the video JITTER_MS in
@@ -90,6 +145,7 @@ try {
       return r;
     };
   }, JITTER_MS);
+  await page.addInitScript(installSceneOf);
   page.on('console', (m) => m.type() === 'error' && console.error(`[page ${m.type()}] ${m.text()}`));
   await page.goto(base + '/', { timeout: 20_000 });
   const tile = `.tile[data-camera="${CAMERA}"]`;
@@ -175,6 +231,18 @@ try {
   if (!(figures.label_offset_ms_p95 <= 250)) throw new Error(`label-to-frame offset: ${JSON.stringify(figures)}`);
   if (counts.unknown_scene > frames.length / 10) throw new Error(`scene unreadable: ${JSON.stringify(figures)}`);
   emit({ event: 'overlay', ...figures });
+
+  // The burned-in track: the server's annotated encode of the same camera.
+  await page.click(`${tile} [data-track-button="annotated"]`, { timeout: 5000 });
+  await waitFor('the burned-in view playing', 20_000, () =>
+    page.$eval(tile, (t) => t.dataset.track === 'annotated' && t.dataset.video === 'playing'),
+  );
+  // Past the switch: frames already in the jitter buffer, and the encoder's first IDR.
+  await sleep(JITTER_MS + 1000);
+  await page.evaluate(recordBurned, [CAMERA, crop]);
+  await sleep(BURNED_MS);
+  const burned = await page.evaluate(() => window.__burned);
+  emit({ event: 'burned', crop, frames: burned });
   clearTimeout(stop);
   await browser.close();
   process.exit(0);

@@ -3,6 +3,7 @@
 //! `tests/fixtures/prepare`; a missing piece fails with the command to run.
 #![allow(dead_code)]
 
+pub mod burned_in;
 pub mod certs;
 pub mod cluster;
 pub mod depay;
