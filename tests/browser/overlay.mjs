@@ -1,6 +1,6 @@
 // Labels drawn at their frame, in Debian's chromium (playwright-core), for
 // tests/browser.rs: the `scenes` camera plays three photos in turn, each with
-// a red / green / blue block in its top-left corner. The tile plays the
+// a red / green / blue block in its bottom-left corner. The tile plays the
 // labelled view (raw video + the `labels` data channel); for every frame the
 // browser presents, a requestVideoFrameCallback of this script reads the
 // frame's rtpTimestamp and its corner colour (its scene), and the page's
