@@ -298,14 +298,7 @@ fn labels_drawn_at_their_frame_in_chromium() {
     // The same check on the burned-in track: each frame's label, read off the
     // picture, is its scene's class.
     let burned = events.iter().find(|e| e["event"] == "burned").expect("burned-in frames reported");
-    let candidates: Vec<String> = scenes
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s.as_array().unwrap())
-        .map(|n| n.as_str().unwrap().to_owned())
-        .collect();
-    let figures = check_burned_in(burned, &scenes, &candidates, interval_90k);
+    let figures = check_burned_in(burned, &scenes, interval_90k);
     eprintln!("burned-in track: {figures}");
 }
 
@@ -313,18 +306,22 @@ fn labels_drawn_at_their_frame_in_chromium() {
 /// 26 px high from (12, 12)), without the score bar below it (from y 41).
 const BURNED_CROP: [usize; 4] = [6, 6, 320, 33];
 
-/// Reads the label burned into each frame of `burned` (overlay.mjs) and checks
+/// Reads the label burned into each frame of `burned` (overlay.mjs) among the
+/// classes of `scenes`, and checks
 /// it is the frame's scene's class, except within two classification
 /// intervals after a scene change: the server draws the newest label it has,
 /// which names the new scene only after that scene's next classification
 /// (at most one interval) has run. Returns the figures.
-fn check_burned_in(
-    burned: &serde_json::Value,
-    scenes: &serde_json::Value,
-    candidates: &[String],
-    interval_90k: u32,
-) -> serde_json::Value {
-    let reader = common::burned_in::LabelReader::new(candidates, 640, 480, BURNED_CROP);
+fn check_burned_in(burned: &serde_json::Value, scenes: &serde_json::Value, interval_90k: u32) -> serde_json::Value {
+    // Every scene's classes are the labels a frame may show.
+    let candidates: Vec<String> = scenes
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s.as_array().unwrap())
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    let reader = common::burned_in::LabelReader::new(&candidates, 640, 480, BURNED_CROP);
     let frames: Vec<&serde_json::Value> =
         burned["frames"].as_array().unwrap().iter().filter(|f| f["rtpTimestamp"].is_u64()).collect();
     assert!(frames.len() >= 100, "burned-in frames with an rtpTimestamp: {}", frames.len());

@@ -37,7 +37,8 @@ pub struct LabelReader {
 }
 
 impl LabelReader {
-    /// Renders each of `labels` at scores 0 %..=100 % onto a black frame.
+    /// Renders each of `labels` at scores 0 %..=100 % onto a black frame (the text)
+    /// and a mid-grey one (where its box lies).
     pub fn new(labels: &[String], width: u32, height: u32, crop: [usize; 4]) -> LabelReader {
         let mut overlay = Overlay::new();
         let mut renderings = Vec::new();
