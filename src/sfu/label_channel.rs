@@ -10,6 +10,10 @@ use crate::labels::Label;
 /// The data channel a viewer opens (in its WHEP offer) to get labels.
 pub const LABELS_CHANNEL: &str = "labels";
 
+/// Most bytes a `labels` channel may have queued before a label is skipped
+/// (a viewer that stops reading costs this much, no more).
+pub const MAX_LABEL_BACKLOG_BYTES: usize = 64 * 1024;
+
 /// One label as the `labels` channel sends it (one JSON text message):
 /// `{"rtp_timestamp": u32, "label": str, "class_id": u32, "score": f32, "top5": [...]}`.
 /// `rtp_timestamp` is the 90 kHz RTP timestamp this session's video track

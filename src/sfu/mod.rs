@@ -1,8 +1,9 @@
 //! The SFU: one WebRTC peer connection (webrtc 0.21) per viewer, fed from a hub
 //! track. Each session answers the viewer's offer (non-trickle: all local
 //! candidates in the answer), then a task sends the track's cached GOP and the
-//! live access units as H.264 RTP until the viewer leaves, the connection fails
-//! or the session is deleted.
+//! live access units as H.264 RTP (and the camera's labels on the viewer's
+//! `labels` data channel) until the viewer leaves, the connection fails or
+//! the session is deleted.
 //!
 //! Viewers never slow the hub down: a session that falls behind loses its own
 //! access units (the hub's broadcast drops them) and resumes at a keyframe.
@@ -18,6 +19,7 @@ mod resend;
 mod rtcp;
 mod rtp_state;
 pub mod sdpfrag;
+mod session_labels;
 pub mod v2;
 
 use std::collections::{HashMap, VecDeque};
@@ -293,7 +295,8 @@ impl Sfu {
         let port = self.ports.lease(&self.config.udp_ips).map_err(SfuError::WebRtc)?;
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
-        let handler = Arc::new(Events { gathered: gathered_tx, state: state_tx });
+        let (labels_tx, labels_rx) = watch::channel(None);
+        let handler = Arc::new(Events { gathered: gathered_tx, state: state_tx, labels_channel: Arc::new(labels_tx) });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media_engine)
@@ -380,6 +383,7 @@ impl Sfu {
             local,
             rtp: RtpState::new(ssrc, payload_type),
             state: state_rx,
+            labels_channel: labels_rx,
             connect_timeout: self.config.connect_timeout,
             disconnected_timeout: self.config.disconnected_timeout,
             metrics: session_metrics,
@@ -480,6 +484,8 @@ fn stream_profile_level_id(tracks: &CameraTracks, kind: TrackKind) -> Option<[u8
 struct Events {
     gathered: watch::Sender<bool>,
     state: watch::Sender<RTCPeerConnectionState>,
+    /// The viewer's `labels` data channel while it is open.
+    labels_channel: Arc<session_labels::OpenChannel>,
 }
 
 #[async_trait::async_trait]
@@ -492,6 +498,10 @@ impl PeerConnectionEventHandler for Events {
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!("viewer peer connection: {state}");
         let _ = self.state.send(state);
+    }
+
+    async fn on_data_channel(&self, dc: Arc<dyn webrtc::data_channel::DataChannel>) {
+        session_labels::watch_channel(dc, self.labels_channel.clone());
     }
 }
 
@@ -528,6 +538,8 @@ struct Session {
     local: Arc<TrackLocalStaticRTP>,
     rtp: RtpState,
     state: watch::Receiver<RTCPeerConnectionState>,
+    /// The viewer's `labels` data channel while it is open.
+    labels_channel: watch::Receiver<Option<Arc<dyn webrtc::data_channel::DataChannel>>>,
     connect_timeout: Duration,
     disconnected_timeout: Duration,
     metrics: SessionMetrics,
@@ -581,6 +593,10 @@ impl Session {
         let mut queue: VecDeque<AccessUnit> = std::mem::take(&mut sub.gop).into();
         let mut last_keyframe_request: Option<Instant> = None;
         let local = self.local.clone();
+        let mut label = tracks.label.subscribe();
+        let mut labels_channel = self.labels_channel.clone();
+        // false once the peer connection's handler (the sender) is gone.
+        let mut channel_watched = true;
         loop {
             let (au, live) = match queue.pop_front() {
                 Some(au) => (au, false),
@@ -588,8 +604,26 @@ impl Session {
                     let next = tokio::select! {
                         au = sub.next() => Next::Media(au),
                         ev = local.poll() => Next::Event(ev),
+                        r = labels_channel.changed(), if channel_watched => Next::LabelsChannel(r.is_ok()),
+                        // The hub's sender lives as long as `tracks`.
+                        Ok(()) = label.changed() => Next::Label,
                     };
                     match next {
+                        Next::LabelsChannel(false) => {
+                            channel_watched = false;
+                            continue;
+                        }
+                        // A viewer joining gets the latest label at once; then every new one.
+                        Next::LabelsChannel(true) | Next::Label => {
+                            let dc = labels_channel.borrow_and_update().clone();
+                            let latest = label.borrow_and_update().clone();
+                            if let (Some(dc), Some(latest)) = (dc, latest)
+                                && session_labels::send_label(dc.as_ref(), &self.rtp, &latest).await
+                            {
+                                self.metrics.labels_sent.inc();
+                            }
+                            continue;
+                        }
                         Next::Media(Some(au)) => (au, true),
                         Next::Media(None) => return,
                         Next::Event(Some(TrackLocalEvent::OnRtcpPacket(packets))) => {
@@ -657,4 +691,8 @@ impl Session {
 enum Next {
     Media(Option<AccessUnit>),
     Event(Option<TrackLocalEvent>),
+    /// The `labels` channel opened or closed (false: no more changes).
+    LabelsChannel(bool),
+    /// The camera has a new label.
+    Label,
 }

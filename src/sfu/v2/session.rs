@@ -29,7 +29,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use super::super::label_channel::{LABELS_CHANNEL, label_message};
+use super::super::label_channel::{LABELS_CHANNEL, MAX_LABEL_BACKLOG_BYTES, label_message};
 use super::super::metrics::SessionMetrics;
 use super::super::patch::{PatchPlan, etag_for, plan};
 use super::super::rtp_state::RtpState;
@@ -39,10 +39,6 @@ use super::batch::Batch;
 use crate::hub::{CameraTracks, CountGuard, TrackKind};
 use crate::labels::Label;
 use crate::media::AccessUnit;
-
-/// Most bytes a `labels` channel may have queued before a label is skipped
-/// (a viewer that stops reading costs this much, no more).
-const MAX_LABEL_BACKLOG_BYTES: usize = 64 * 1024;
 
 fn webrtc_err(e: impl std::fmt::Display) -> SfuError {
     SfuError::WebRtc(e.to_string())
