@@ -75,12 +75,15 @@ pub struct Metrics {
     stage_seconds: HistogramVec,
     capture_to_label_seconds: HistogramVec,
     capture_to_encoded_seconds: HistogramVec,
+    viewer_label_offset_seconds: HistogramVec,
     /// Tokio tasks alive, read from the runtime when `/metrics` renders (a leak shows as growth).
     tasks_alive: IntGauge,
 }
 
 /// Stage-latency buckets, seconds: 0.5 ms … 1 s.
 const STAGE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0];
+/// Label-to-frame offset buckets, seconds: 0 (the label of that very frame) … 10 s.
+const OFFSET_BUCKETS: &[f64] = &[0.0, 0.02, 0.04, 0.08, 0.12, 0.16, 0.24, 0.32, 0.5, 1.0, 2.0, 5.0, 10.0];
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -157,6 +160,14 @@ impl Metrics {
                 cam,
                 LATENCY_BUCKETS,
             ),
+            viewer_label_offset_seconds: histogram(
+                &r,
+                "viewer_label_offset_seconds",
+                "Label-to-frame offset the viewer pages measure: how far each frame they draw a label on lies after \
+                 the frame that label was computed from (RTP time; 0 = its own frame), sampled and posted by the pages",
+                cam,
+                OFFSET_BUCKETS,
+            ),
             tasks_alive: {
                 let g = IntGauge::new("runtime_tasks_alive", "Tokio tasks alive (sampled when /metrics renders)")
                     .expect("metric name is a valid constant");
@@ -184,6 +195,15 @@ impl Metrics {
             capture_to_label: self.capture_to_label_seconds.with_label_values(c),
             capture_to_encoded: self.capture_to_encoded_seconds.with_label_values(c),
             camera: camera.to_owned(),
+        }
+    }
+
+    /// Records offsets (seconds, each already checked finite and `>= 0`)
+    /// a viewer page measured on `camera`.
+    pub fn viewer_label_offsets(&self, camera: &str, offsets_s: impl IntoIterator<Item = f64>) {
+        let h = self.viewer_label_offset_seconds.with_label_values(&[camera]);
+        for s in offsets_s {
+            h.observe(s);
         }
     }
 

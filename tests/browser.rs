@@ -289,6 +289,13 @@ fn labels_drawn_at_their_frame_in_chromium() {
     let sent = app.metric("infercast_webrtc_labels_sent_total{camera=\"scenes\",track=\"raw\"}");
     assert!(sent >= 40.0, "labels sent on the data channel: {sent}");
     assert!(artifacts.join("overlay.png").is_file(), "screenshot");
+    // The page's own measurements, posted to the server: the production metric agrees with the test's.
+    let count = app.metric("infercast_viewer_label_offset_seconds_count{camera=\"scenes\"}");
+    let sum_s = app.metric("infercast_viewer_label_offset_seconds_sum{camera=\"scenes\"}");
+    assert!(count >= 20.0, "offsets the page reported: {count}");
+    let mean_ms = sum_s / count * 1e3;
+    eprintln!("page-reported label-to-frame offset: {count} samples, mean {mean_ms:.0} ms");
+    assert!(mean_ms <= 250.0, "mean label-to-frame offset the page reported: {mean_ms} ms");
 
     // The same check on the burned-in track: each frame's label, read off the
     // picture, is its scene's class.

@@ -186,4 +186,29 @@ fn viewers_see_each_other_chat_and_leave_within_limits() {
     let listed = app.get_json("/api/cameras/door/viewers");
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["name"], "alice");
+
+    // The page's label-to-frame offsets (the labelled view posts them): a view
+    // token may post, a stranger may not; bounded in count and range.
+    let offsets = |camera: &str, token: Option<&str>, body: &str| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        whep_client::request(&app.base, "POST", &format!("/api/cameras/{camera}/label-offsets"), &headers, body)
+    };
+    let r = offsets("door", Some(VIEW), r#"{"offsets_ms":[0,40,80.5]}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(offsets("door", None, r#"{"offsets_ms":[1]}"#).status, 401);
+    assert_eq!(offsets("attic", Some(VIEW), r#"{"offsets_ms":[1]}"#).status, 404);
+    let many = format!("{{\"offsets_ms\":{:?}}}", vec![1.0; 51]);
+    let r = offsets("door", Some(VIEW), &many);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("bad_offsets"), "{}", r.body);
+    assert_eq!(offsets("door", Some(VIEW), r#"{"offsets_ms":[-5]}"#).status, 422);
+    assert_eq!(offsets("door", Some(VIEW), r#"{"offsets":[5]}"#).status, 400);
+    assert_eq!(app.metric("infercast_viewer_label_offset_seconds_count{camera=\"door\"}"), 3.0);
+    let sum_s = app.metric("infercast_viewer_label_offset_seconds_sum{camera=\"door\"}");
+    assert!((sum_s - 0.1205).abs() < 1e-9, "{sum_s}");
+    assert_eq!(app.metric("infercast_viewer_label_offset_seconds_bucket{camera=\"door\",le=\"0.04\"}"), 2.0);
 }

@@ -50,6 +50,23 @@ export async function getJson(path, timeoutMs = 5000) {
 }
 
 /**
+ * POSTs `body` as JSON to `path`; resolves to the response, or null on a
+ * network error or after `timeoutMs` (for reports nobody waits on).
+ */
+export async function postJson(path, body, timeoutMs = 5000) {
+  try {
+    return await fetch(path, {
+      method: 'POST',
+      headers: { ...authHeaders(), 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Follows `/api/labels/stream`: `onLabel(label)` per `label` event, `onOpen()`
  * each time the stream (re)opens, so the caller can fetch what it missed.
  */

@@ -10,6 +10,8 @@
 const MAX_LABELS = 256;
 /** Frames whose (rtpTimestamp, label drawn) are kept for inspection (`drawn`). */
 const MAX_DRAWN = 1500;
+/** Offsets kept for the server between two `takeOffsetSample` calls: a uniform sample of the frames drawn. */
+const OFFSET_SAMPLE = 50;
 const TWO_32 = 2 ** 32;
 
 /**
@@ -99,6 +101,9 @@ export class FrameOverlay {
   #timeline = null;
   #handle = null;
   #timer = null;
+  /** A uniform sample (reservoir) of the offsets since the last `takeOffsetSample`. */
+  #offsets = [];
+  #offsetsSeen = 0;
 
   constructor(video, canvas) {
     this.#video = video;
@@ -119,6 +124,27 @@ export class FrameOverlay {
       this.#handle = video.requestVideoFrameCallback(onFrame);
     } else {
       this.#timer = setInterval(() => this.#draw(undefined), 100);
+    }
+  }
+
+  /**
+   * The label-to-frame offsets (ms, 0.1 ms steps) of up to 50 frames drawn
+   * since the last call, picked uniformly among them; empty if none.
+   */
+  takeOffsetSample() {
+    const sample = this.#offsets;
+    this.#offsets = [];
+    this.#offsetsSeen = 0;
+    return sample;
+  }
+
+  #recordOffset(offsetMs) {
+    const v = Math.round(offsetMs * 10) / 10;
+    this.#offsetsSeen++;
+    if (this.#offsets.length < OFFSET_SAMPLE) this.#offsets.push(v);
+    else {
+      const j = Math.floor(Math.random() * this.#offsetsSeen);
+      if (j < OFFSET_SAMPLE) this.#offsets[j] = v;
     }
   }
 
@@ -149,6 +175,7 @@ export class FrameOverlay {
     if (ctx) drawLabel(ctx, w, h, label);
     const offsetMs = exact && label ? (((rtpTimestamp - label.rtp_timestamp) % TWO_32) + TWO_32) % TWO_32 / 90 : null;
     this.drawn.push({ rtpTimestamp: exact ? rtpTimestamp : null, label: label?.label ?? null, offsetMs });
+    if (offsetMs != null) this.#recordOffset(offsetMs);
     if (this.drawn.length > MAX_DRAWN) this.drawn.splice(0, this.drawn.length - MAX_DRAWN);
   }
 }

@@ -13,13 +13,15 @@
 // .label[data-label][data-score], .viewers[data-viewers] (viewer sessions of
 // the camera, both tracks), and `tile.overlay.drawn` (the last frames of the
 // labelled view: `{rtpTimestamp, label}`, see overlay.js) via
-// `window.infercastTiles` (app.js).
+// `window.infercastTiles` (app.js). The labelled view posts a sample of its
+// label-to-frame offsets every 10 s (`/api/cameras/{name}/label-offsets`).
 // Clicking a tile puts it in focus (its room's chat opens: app.js).
 //
 // Cluster mode: the tile names the node that pulls the camera, sends its
 // WHEP offer straight to that node's advertised URL, and reconnects there
 // when the camera moves to another node.
 
+import { postJson } from './api.js';
 import { displayName } from './chat.js';
 import { FrameOverlay } from './overlay.js';
 import { Player } from './player.js';
@@ -32,6 +34,8 @@ const TRACK_TITLES = {
   overlay: "the camera's own stream, labels drawn by this page on the frame each was computed from",
   annotated: 'labels burned into the picture by the server (re-encoded)',
 };
+/** How often the labelled view posts its sample of label-to-frame offsets (`infercast_viewer_label_offset_seconds`). */
+const OFFSET_REPORT_MS = 10_000;
 const whepTrack = (t) => (t === 'overlay' ? 'raw' : t);
 
 const NOTICES = {
@@ -80,6 +84,8 @@ export class Tile {
   #trackChosen = false;
   /** The label timeline the overlay draws (the player's current session's). */
   #overlayLabels = null;
+  /** Posts the overlay's offsets while the labelled view plays. */
+  #offsetTimer = null;
 
   #thisNode;
 
@@ -258,12 +264,24 @@ export class Tile {
     notice.querySelector('.notice-since').textContent = cameraDown ? since(camera.state_since) : '';
   }
 
+  /** Sends the server the label-to-frame offsets measured since the last report (a failed POST loses only them). */
+  #reportOffsets() {
+    const offsets = this.overlay.takeOffsetSample();
+    if (offsets.length === 0) return;
+    postJson(`${this.base}/api/cameras/${encodeURIComponent(this.name)}/label-offsets`, { offsets_ms: offsets });
+  }
+
   #renderVideo() {
     const p = this.#player;
     if (p.labels !== this.#overlayLabels) {
       this.#overlayLabels = p.labels;
-      if (p.labels) this.overlay.start(p.labels);
-      else this.overlay.stop();
+      this.#reportOffsets();
+      clearInterval(this.#offsetTimer);
+      this.#offsetTimer = null;
+      if (p.labels) {
+        this.overlay.start(p.labels);
+        this.#offsetTimer = setInterval(() => this.#reportOffsets(), OFFSET_REPORT_MS);
+      } else this.overlay.stop();
     }
     this.element.dataset.video = p.phase;
     // Until the data channel brings labels, the SSE label stays shown (style.css).

@@ -3,6 +3,7 @@
 //! one place.
 
 mod error;
+mod label_offsets;
 pub mod limits;
 pub mod listener;
 pub mod openapi;
@@ -113,6 +114,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::document))
         .merge(whep::routes())
         .merge(rooms::routes())
+        .merge(label_offsets::routes())
         .merge(viewer::routes())
 }
 

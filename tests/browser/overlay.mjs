@@ -230,6 +230,9 @@ try {
   // At 5 labels/s a frame is at most ~200 ms (one interval, plus one frame) after its label's frame.
   if (!(figures.label_offset_ms_p95 <= 250)) throw new Error(`label-to-frame offset: ${JSON.stringify(figures)}`);
   if (counts.unknown_scene > frames.length / 10) throw new Error(`scene unreadable: ${JSON.stringify(figures)}`);
+  // The page reports a sample of its offsets to the server every 10 s (the production metric).
+  const offsetCount = `infercast_viewer_label_offset_seconds_count{camera="${CAMERA}"}`;
+  figures.offsets_reported = await waitFor('the page posting its label-to-frame offsets', 15_000, () => metric(offsetCount));
   emit({ event: 'overlay', ...figures });
 
   // The burned-in track: the server's annotated encode of the same camera.
