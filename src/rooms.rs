@@ -47,6 +47,8 @@ pub struct ViewerInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub ip: Option<IpAddr>,
+    /// Labels sent on the session's `labels` data channel so far (0 without one).
+    pub labels_sent: u64,
 }
 
 /// Why a chat message was refused.
@@ -61,7 +63,8 @@ pub enum ChatError {
 }
 
 struct Room {
-    viewers: BTreeMap<u64, ViewerInfo>,
+    /// Each viewer with its session's labels-sent count.
+    viewers: BTreeMap<u64, (ViewerInfo, Arc<AtomicU64>)>,
     history: VecDeque<Arc<RoomEvent>>,
     tx: broadcast::Sender<Arc<RoomEvent>>,
     /// Post times per client IP, within the last [`RATE_WINDOW`].
@@ -122,6 +125,7 @@ impl Rooms {
             name: display_name(name, id),
             track: track.as_str(),
             ip,
+            labels_sent: Arc::default(),
             state: Mutex::new(MemberState::default()),
         });
         (Member(inner.clone()), MemberHandle(inner))
@@ -130,7 +134,14 @@ impl Rooms {
     /// Current viewers of `camera`, oldest first; `with_ips` for admins.
     pub fn viewers(&self, camera: &str, with_ips: bool) -> Vec<ViewerInfo> {
         self.with_room(camera, |r| {
-            r.viewers.values().map(|v| ViewerInfo { ip: v.ip.filter(|_| with_ips), ..v.clone() }).collect()
+            r.viewers
+                .values()
+                .map(|(v, sent)| ViewerInfo {
+                    ip: v.ip.filter(|_| with_ips),
+                    labels_sent: sent.load(Ordering::Relaxed),
+                    ..v.clone()
+                })
+                .collect()
         })
     }
 
@@ -193,6 +204,7 @@ struct MemberInner {
     name: String,
     track: &'static str,
     ip: IpAddr,
+    labels_sent: Arc<AtomicU64>,
     state: Mutex<MemberState>,
 }
 
@@ -219,16 +231,24 @@ impl MemberHandle {
             return;
         }
         state.joined = true;
-        let info = ViewerInfo { name: m.name.clone(), track: m.track, since: Utc::now(), ip: Some(m.ip) };
+        let info =
+            ViewerInfo { name: m.name.clone(), track: m.track, since: Utc::now(), ip: Some(m.ip), labels_sent: 0 };
         let event = Arc::new(RoomEvent::Join { name: m.name.clone(), track: m.track, at: info.since });
         m.rooms.with_room(&m.camera, |r| {
-            r.viewers.insert(m.id, info);
+            r.viewers.insert(m.id, (info, m.labels_sent.clone()));
             let _ = r.tx.send(event);
         });
     }
 
     pub fn name(&self) -> &str {
         &self.0.name
+    }
+}
+
+impl Member {
+    /// A label went out on the viewer's `labels` channel (`labels_sent`).
+    pub fn label_sent(&self) {
+        self.0.labels_sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -288,6 +288,12 @@ fn labels_drawn_at_their_frame_in_chromium() {
     assert_eq!(result["encoded_frames_during"], 0, "no annotated encoder while only the labelled view watches");
     let sent = app.metric("infercast_webrtc_labels_sent_total{camera=\"scenes\",track=\"raw\"}");
     assert!(sent >= 40.0, "labels sent on the data channel: {sent}");
+    // Per session: the room lists the one viewer with its own count (≥ 10 s at 5 labels/s).
+    let per_session = result["session_labels_sent"].as_array().expect("the room's viewers");
+    assert!(
+        per_session.len() == 1 && per_session[0].as_f64().is_some_and(|n| (40.0..=sent).contains(&n)),
+        "labels sent per session: {per_session:?} (all sessions: {sent})"
+    );
     assert!(artifacts.join("overlay.png").is_file(), "screenshot");
     // The page's own measurements, posted to the server: the production metric agrees with the test's.
     let count = app.metric("infercast_viewer_label_offset_seconds_count{camera=\"scenes\"}");

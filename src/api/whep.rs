@@ -31,6 +31,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .layer(axum::extract::DefaultBodyLimit::max(super::limits::WHEP_BODY_BYTES))
 }
 
+/// What a WHEP session holds until it ends: its limit slot and its place in
+/// the camera's room (which counts its labels sent).
+struct ViewerHold {
+    _slot: super::limits::WhepSlot,
+    member: crate::rooms::Member,
+}
+
+impl crate::sfu::SessionHold for ViewerHold {
+    fn label_sent(&self) {
+        self.member.label_sent();
+    }
+}
+
 fn track_kind(track: &str) -> Result<TrackKind, ApiError> {
     TrackKind::parse(track).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "track_not_found", format!("no track {track:?} (raw or annotated)"))
@@ -167,7 +180,7 @@ async fn create_inner(
     let (member, room) = state.rooms.member(camera, name, kind, client_ip);
     let session = state
         .sfu
-        .create_session(camera, cam.tracks.clone(), kind, offer, Box::new((slot, member)))
+        .create_session(camera, cam.tracks.clone(), kind, offer, Box::new(ViewerHold { _slot: slot, member }))
         .await
         .map_err(sfu_error)?;
     room.joined();

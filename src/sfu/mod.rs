@@ -157,6 +157,16 @@ pub struct CreatedSession {
     pub etag: String,
 }
 
+/// What a session holds for its creator until it ends (a WHEP request's
+/// limit slot and room place), and tells of what the session does. Dropped
+/// when the session ends.
+pub trait SessionHold: Send {
+    /// A label went out on the session's `labels` data channel.
+    fn label_sent(&self) {}
+}
+
+impl SessionHold for () {}
+
 /// All viewer sessions.
 pub struct Sfu {
     config: SfuConfig,
@@ -235,7 +245,7 @@ impl Sfu {
         tracks: Arc<CameraTracks>,
         kind: TrackKind,
         offer_sdp: &str,
-        held: Box<dyn Send>,
+        held: Box<dyn SessionHold>,
     ) -> Result<CreatedSession, SfuError> {
         let posted_at = Instant::now();
         if let Some(o) = &self.one_port {
@@ -259,7 +269,7 @@ impl Sfu {
         tracks: Arc<CameraTracks>,
         kind: TrackKind,
         offer_sdp: &str,
-        held: Box<dyn Send>,
+        held: Box<dyn SessionHold>,
         posted_at: Instant,
     ) -> Result<CreatedSession, SfuError> {
         let stream_plid = stream_profile_level_id(&tracks, kind);
@@ -390,7 +400,7 @@ impl Sfu {
             resend: self.resend.clone(),
             posted_at: Some(posted_at),
             _port: port,
-            _held: held,
+            held,
         };
         let sessions = self.sessions.clone();
         let metrics = self.metrics.clone();
@@ -549,8 +559,9 @@ struct Session {
     posted_at: Option<Instant>,
     /// Held until the session ends (and its sockets with it).
     _port: ports::PortLease,
-    /// The limit slot of the WHEP request that made the session.
-    _held: Box<dyn Send>,
+    /// What the WHEP request that made the session holds (its limit slot,
+    /// its place in the room), told of each label sent.
+    held: Box<dyn SessionHold>,
 }
 
 impl Session {
@@ -621,6 +632,7 @@ impl Session {
                                 && session_labels::send_label(dc.as_ref(), &self.rtp, &latest).await
                             {
                                 self.metrics.labels_sent.inc();
+                                self.held.label_sent();
                             }
                             continue;
                         }

@@ -171,6 +171,8 @@ try {
     };
   }, CAMERA);
   const encodedAfter = await metric(`infercast_frames_encoded_total{camera="${CAMERA}"}`);
+  // The camera's room lists the session with the labels its data channel carried.
+  const viewers = await (await fetch(`${base}/api/cameras/${CAMERA}/viewers`, { signal: AbortSignal.timeout(5000) })).json();
   await page.screenshot({ path: `${artifactDir}/overlay.png` });
 
   if (exact !== true) throw new Error(`frames carry no rtpTimestamp (exact ${exact}); stats: ${stats}`);
@@ -223,6 +225,7 @@ try {
     scene_changes: changes.length,
     ...counts,
     encoded_frames_during: encodedAfter - encodedBefore,
+    session_labels_sent: viewers.map((v) => v.labels_sent),
     stats,
   };
   if (counts.checked < 100) throw new Error(`only ${counts.checked} frames checked: ${JSON.stringify(figures)}`);

@@ -181,7 +181,7 @@ impl OnePort {
         tracks: Arc<CameraTracks>,
         kind: TrackKind,
         offer_sdp: &str,
-        held: Box<dyn Send>,
+        held: Box<dyn crate::sfu::SessionHold>,
         posted_at: Instant,
     ) -> Result<CreatedSession, SfuError> {
         let (offer, chosen) = check_offer(offer_sdp, stream_profile_level_id(&tracks, kind))?;

@@ -108,7 +108,7 @@ pub(super) struct Session {
     /// The viewer's open `labels` data channel.
     labels_channel: Option<RTCDataChannelId>,
     _viewer: CountGuard,
-    _held: Box<dyn Send>,
+    held: Box<dyn crate::sfu::SessionHold>,
 }
 
 /// Most datagrams one session hands the shard per service: a keyframe (or
@@ -132,7 +132,7 @@ pub(super) struct NewSession<'a> {
     pub candidates: &'a [SocketAddr],
     pub local_addr: SocketAddr,
     pub metrics: SessionMetrics,
-    pub held: Box<dyn Send>,
+    pub held: Box<dyn crate::sfu::SessionHold>,
     pub posted_at: Instant,
 }
 
@@ -234,7 +234,7 @@ impl Session {
             resend: n.resend,
             labels_channel: None,
             _viewer: viewer,
-            _held: n.held,
+            held: n.held,
         };
         Ok((session, answer_sdp))
     }
@@ -461,6 +461,7 @@ impl Session {
             return false;
         }
         self.metrics.labels_sent.inc();
+        self.held.label_sent();
         true
     }
 
