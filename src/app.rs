@@ -1,7 +1,6 @@
 //! Start-up and shutdown of the camera service: classifier, cameras, HTTP API,
 //! all tied to one cancellation token.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use crate::config::{CameraConfig, Config};
 use crate::hub::Hub;
 use crate::infer::InferenceWorker;
 use crate::labels::LabelStore;
-use crate::pipeline::{Camera, Services};
+use crate::pipeline::Services;
 use crate::telemetry::Metrics;
 
 /// The demo clip `scripts/setup` makes, relative to the project root.
@@ -64,6 +63,32 @@ fn check_exposure(config: &Config) -> Result<(), AppError> {
          or allow anonymous viewing on purpose with `[auth] anonymous = \"view\"`",
         config.listen
     )))
+}
+
+/// On each SIGHUP until `cancel`: reads the config file again and applies
+/// its cameras (`Cameras::reload`); a file that does not load changes nothing.
+async fn reload_on_sighup(cameras: Arc<crate::manage::Cameras>, cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP: the config is read at start only");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {}
+            () = cancel.cancelled() => return,
+        }
+        match cameras.reload().await {
+            Ok(r) => tracing::info!(
+                added = ?r.added, removed = ?r.removed, changed = ?r.changed, unchanged = r.unchanged,
+                "SIGHUP: config read again, cameras applied"
+            ),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: config not applied; the cameras run on as they were"),
+        }
+    }
 }
 
 /// Runs until `cancel`: loads the classifier, starts every camera and serves the
@@ -116,21 +141,9 @@ pub async fn serve(
     let addr =
         listener.local_addr().map_err(|e| AppError::Listen { addr: config.listen.clone(), reason: e.to_string() })?;
 
-    // Cluster mode: every camera starts in standby; the cluster loop starts
-    // the ones this node's leases name.
     let cluster = config.cluster.clone().map(crate::cluster::Cluster::new);
-    let mut cameras = BTreeMap::new();
-    for cam in &config.cameras {
-        let camera = Camera::spawn_with(cam.clone(), &services, cluster.is_none(), cancel.child_token())
-            .map_err(|e| AppError::Camera { name: cam.name.clone(), reason: e.to_string() })?;
-        cameras.insert(cam.name.clone(), camera);
-    }
     let auth = Auth::new(config.auth.as_ref(), services.metrics.registry()).map_err(AppError::Config)?;
-    let limits = api::limits::Limits::new(
-        config.limits.clone(),
-        config.cameras.iter().map(|c| c.name.clone()),
-        services.metrics.registry(),
-    );
+    let limits = api::limits::Limits::new(config.limits.clone(), services.metrics.registry());
     // env INFERCAST_UDP_LISTEN overrides [webrtc] udp_listen (containers, tests).
     let udp_listen = match std::env::var("INFERCAST_UDP_LISTEN") {
         Ok(v) if !v.trim().is_empty() => {
@@ -150,11 +163,15 @@ pub async fn serve(
                      udp_listen, or env INFERCAST_UDP_LISTEN, to a free IP:port)"
         ))
     })?);
-    let cameras = Arc::new(cameras);
+    // Cluster mode: every camera starts in standby; the cluster loop starts
+    // the ones this node's leases name.
+    let cameras = crate::manage::Cameras::start(&config, services.clone(), sfu.clone(), cancel.clone())
+        .map_err(AppError::Config)?;
+    tokio::spawn(reload_on_sighup(cameras.clone(), cancel.clone()));
     let cluster_task = match (&cluster, &config.nats) {
         (Some(cluster), Some(nats)) => {
             let deps = crate::cluster::Deps {
-                cameras: cameras.clone(),
+                cameras: cameras.snapshot(),
                 sfu: sfu.clone(),
                 labels: services.labels.clone(),
                 nats: nats.clone(),

@@ -43,6 +43,14 @@ pub struct Config {
     /// `[[camera]]` tables; empty means the built-in demo camera.
     #[serde(rename = "camera")]
     pub cameras: Vec<CameraConfig>,
+    /// The file this config was read from ([`Config::load`]): SIGHUP reads it
+    /// again, and run-time camera changes persist next to it.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+    /// Cameras given on the command line (also in `cameras`): kept when the
+    /// file is read again.
+    #[serde(skip)]
+    pub arg_cameras: Vec<CameraConfig>,
 }
 
 impl Default for Config {
@@ -60,6 +68,8 @@ impl Default for Config {
             nats: None,
             cluster: None,
             cameras: Vec::new(),
+            file: None,
+            arg_cameras: Vec::new(),
         }
     }
 }
@@ -186,7 +196,7 @@ pub struct IceServer {
 }
 
 /// When the annotated track is encoded.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EncodePolicy {
     /// Only while someone subscribes to the annotated track (default).
@@ -197,7 +207,7 @@ pub enum EncodePolicy {
 }
 
 /// `analysis` in a camera's config.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AnalysisPolicy {
     /// Keyframes only while nobody watches the annotated track and
@@ -238,6 +248,9 @@ pub struct LimitsConfig {
     pub chat_message_chars: usize,
     /// Chat messages one client IP may post to one room per 10 s (default 5; 429 beyond).
     pub chat_messages_per_10s: usize,
+    /// Cameras at most, configured and added at run time (`POST /api/cameras`;
+    /// default 256; 409 `too_many_cameras` beyond).
+    pub cameras: usize,
 }
 
 impl Default for LimitsConfig {
@@ -253,6 +266,7 @@ impl Default for LimitsConfig {
             chat_history: 100,
             chat_message_chars: 500,
             chat_messages_per_10s: 5,
+            cameras: 256,
         }
     }
 }
@@ -275,6 +289,7 @@ impl LimitsConfig {
             ("limits.chat_history", self.chat_history, 10_000),
             ("limits.chat_message_chars", self.chat_message_chars, 10_000),
             ("limits.chat_messages_per_10s", self.chat_messages_per_10s, 1000),
+            ("limits.cameras", self.cameras, 10_000),
         ] {
             if !(1..=hi).contains(&value) {
                 return Err(format!("{key} = {value} is out of range 1..={hi}"));
@@ -284,8 +299,8 @@ impl LimitsConfig {
     }
 }
 
-/// One `[[camera]]`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// One `[[camera]]` (and the body of `POST /api/cameras`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     /// Unique name: letters, digits, `-` and `_` (used in URLs and metrics).
@@ -333,6 +348,48 @@ pub struct CameraConfig {
     /// while nobody watches the annotated track; see [`AnalysisPolicy`].
     #[serde(default)]
     pub analysis: AnalysisPolicy,
+}
+
+impl CameraConfig {
+    /// Checks values serde cannot: the name and the ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(format!("camera name {:?}: use 1-64 letters, digits, '-' or '_'", self.name));
+        }
+        if !(self.classify_fps == 0.0 || (0.01..=120.0).contains(&self.classify_fps)) {
+            return Err(format!(
+                "camera {:?}: classify_fps = {} is out of range: 0 (every frame) or 0.01..=120",
+                self.name, self.classify_fps
+            ));
+        }
+        if !(50_000..=50_000_000).contains(&self.annotated_bitrate_bps) {
+            return Err(format!("camera {:?}: annotated_bitrate_bps must be 50000..=50000000", self.name));
+        }
+        if !(self.annotated_scale > 0.0 && self.annotated_scale <= 1.0) {
+            return Err(format!(
+                "camera {:?}: annotated_scale = {} is out of range (0, 1]",
+                self.name, self.annotated_scale
+            ));
+        }
+        if let Some(fps) = self.annotated_fps
+            && !(1.0..=120.0).contains(&fps)
+        {
+            return Err(format!("camera {:?}: annotated_fps = {fps} is out of range 1..=120", self.name));
+        }
+        if !(16_384..=35_389_440).contains(&self.annotated_max_pixels) {
+            return Err(format!(
+                "camera {:?}: annotated_max_pixels = {} is out of range 16384..=35389440 (8192×4320)",
+                self.name, self.annotated_max_pixels
+            ));
+        }
+        if self.annotated_linger_ms > 3_600_000 {
+            return Err(format!("camera {:?}: annotated_linger_ms must be at most 3600000 (1 h)", self.name));
+        }
+        Ok(())
+    }
 }
 
 fn default_annotated_linger_ms() -> u64 {
@@ -475,6 +532,7 @@ impl Config {
         if let Some(cluster) = &mut config.cluster {
             cluster.apply_env();
         }
+        config.file = Some(path.to_owned());
         for cam in &mut config.cameras {
             cam.url = expand_env(&cam.url, |v| std::env::var(v).ok()).map_err(|message| ConfigError::Invalid {
                 path: path.to_owned(),
@@ -540,44 +598,17 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for cam in &self.cameras {
-            let valid_name = !cam.name.is_empty()
-                && cam.name.len() <= 64
-                && cam.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !valid_name {
-                return Err(format!("camera name {:?}: use 1-64 letters, digits, '-' or '_'", cam.name));
-            }
+            cam.validate()?;
             if !seen.insert(cam.name.as_str()) {
                 return Err(format!("camera name {:?} is used twice; names must be unique", cam.name));
             }
-            if !(cam.classify_fps == 0.0 || (0.01..=120.0).contains(&cam.classify_fps)) {
-                return Err(format!(
-                    "camera {:?}: classify_fps = {} is out of range: 0 (every frame) or 0.01..=120",
-                    cam.name, cam.classify_fps
-                ));
-            }
-            if !(50_000..=50_000_000).contains(&cam.annotated_bitrate_bps) {
-                return Err(format!("camera {:?}: annotated_bitrate_bps must be 50000..=50000000", cam.name));
-            }
-            if !(cam.annotated_scale > 0.0 && cam.annotated_scale <= 1.0) {
-                return Err(format!(
-                    "camera {:?}: annotated_scale = {} is out of range (0, 1]",
-                    cam.name, cam.annotated_scale
-                ));
-            }
-            if let Some(fps) = cam.annotated_fps
-                && !(1.0..=120.0).contains(&fps)
-            {
-                return Err(format!("camera {:?}: annotated_fps = {fps} is out of range 1..=120", cam.name));
-            }
-            if !(16_384..=35_389_440).contains(&cam.annotated_max_pixels) {
-                return Err(format!(
-                    "camera {:?}: annotated_max_pixels = {} is out of range 16384..=35389440 (8192×4320)",
-                    cam.name, cam.annotated_max_pixels
-                ));
-            }
-            if cam.annotated_linger_ms > 3_600_000 {
-                return Err(format!("camera {:?}: annotated_linger_ms must be at most 3600000 (1 h)", cam.name));
-            }
+        }
+        if self.cameras.len() > self.limits.cameras {
+            return Err(format!(
+                "{} cameras configured; limits.cameras = {} allows no more",
+                self.cameras.len(),
+                self.limits.cameras
+            ));
         }
         Ok(())
     }

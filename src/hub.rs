@@ -278,6 +278,12 @@ impl Hub {
         self.cameras.write().expect("hub lock is never poisoned").entry(camera.to_owned()).or_default().clone()
     }
 
+    /// Forgets `camera`'s tracks (the camera was removed): a camera added again
+    /// under its name gets new ones.
+    pub fn remove(&self, camera: &str) {
+        self.cameras.write().expect("hub lock is never poisoned").remove(camera);
+    }
+
     /// The tracks of `camera` if it exists.
     pub fn get(&self, camera: &str) -> Option<Arc<CameraTracks>> {
         self.cameras.read().expect("hub lock is never poisoned").get(camera).cloned()

@@ -116,6 +116,11 @@ impl LabelStore {
         newer.into_iter().skip(skip).collect()
     }
 
+    /// Forgets `camera`'s labels (the camera was removed).
+    pub fn forget(&self, camera: &str) {
+        self.by_camera.write().expect("labels lock is never poisoned").remove(camera);
+    }
+
     /// Live feed of every new label.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Label>> {
         self.tx.subscribe()

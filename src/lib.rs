@@ -19,6 +19,7 @@ pub mod hub;
 pub mod infer;
 pub mod ingest;
 pub mod labels;
+pub mod manage;
 pub mod media;
 pub mod overlay;
 pub mod pipeline;

@@ -134,10 +134,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             if let Some(listen) = cli.listen {
                 config.listen = listen;
             }
-            config.cameras.extend(app::cameras_from_args(&cli.cameras));
-            if config.cameras.is_empty() {
-                config.cameras.push(app::demo_camera());
+            config.arg_cameras = app::cameras_from_args(&cli.cameras);
+            if config.cameras.is_empty() && config.arg_cameras.is_empty() {
+                config.arg_cameras.push(app::demo_camera());
             }
+            config.cameras.extend(config.arg_cameras.iter().cloned());
             serve(config)
         }
     }

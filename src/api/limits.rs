@@ -26,7 +26,9 @@ const RETRY_AFTER_S: u32 = 5;
 pub struct Limits {
     pub config: LimitsConfig,
     sse_open: Arc<AtomicUsize>,
-    snapshots: Arc<HashMap<String, Arc<AtomicUsize>>>,
+    /// Snapshots in flight by camera (an entry per camera name asked for; the
+    /// handler asks only for existing cameras).
+    snapshots: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
     whep: Arc<Mutex<WhepCounts>>,
     refusals: IntCounterVec,
 }
@@ -81,8 +83,8 @@ fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
 }
 
 impl Limits {
-    /// Limits for `cameras`; registers the refusal counter in `registry`.
-    pub fn new(config: LimitsConfig, cameras: impl Iterator<Item = String>, registry: &Registry) -> Limits {
+    /// The limits of `config`; registers the refusal counter in `registry`.
+    pub fn new(config: LimitsConfig, registry: &Registry) -> Limits {
         let refusals = IntCounterVec::new(
             Opts::new("limit_refusals_total", "Requests refused by a limit (503 with Retry-After)"),
             &["limit"],
@@ -91,8 +93,7 @@ impl Limits {
         if let Err(e) = registry.register(Box::new(refusals.clone())) {
             tracing::warn!(error = %e, "cannot register the limit metrics");
         }
-        let snapshots = cameras.map(|c| (c, Arc::default())).collect();
-        Limits { config, sse_open: Arc::default(), snapshots: Arc::new(snapshots), whep: Arc::default(), refusals }
+        Limits { config, sse_open: Arc::default(), snapshots: Arc::default(), whep: Arc::default(), refusals }
     }
 
     /// The refusal counter (`infercast_limit_refusals_total{limit}`), for limits
@@ -110,7 +111,11 @@ impl Limits {
     /// A snapshot slot of `camera`, or the refusal.
     pub fn snapshot(&self, camera: &str) -> Result<Slot, Refused> {
         let max = self.config.snapshots_in_flight_per_camera;
-        self.snapshots.get(camera).and_then(|c| take(c, max)).ok_or_else(|| {
+        let counter = {
+            let mut map = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(camera.to_owned()).or_default().clone()
+        };
+        take(&counter, max).ok_or_else(|| {
             self.refuse("snapshots_in_flight", format!("{max} snapshots of camera {camera:?} are being taken"))
         })
     }
@@ -170,7 +175,7 @@ mod tests {
     #[test]
     fn slots_are_bounded_and_come_back_when_dropped() {
         let config = LimitsConfig { sse_streams: 2, snapshots_in_flight_per_camera: 1, ..Default::default() };
-        let l = Limits::new(config, ["door".to_owned()].into_iter(), &Registry::new());
+        let l = Limits::new(config, &Registry::new());
         let (a, b) = (l.sse().ok().unwrap(), l.sse().ok().unwrap());
         let refused = l.sse().err().unwrap().into_response();
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -179,7 +184,8 @@ mod tests {
         assert!(l.sse().is_ok());
         drop(b);
         let s = l.snapshot("door").ok().unwrap();
-        assert!(l.snapshot("door").is_err() && l.snapshot("nope").is_err());
+        assert!(l.snapshot("door").is_err());
+        assert!(l.snapshot("yard").is_ok(), "each camera has its own count");
         drop(s);
         assert!(l.snapshot("door").is_ok());
     }
@@ -192,7 +198,7 @@ mod tests {
             whep_sessions_per_ip: 2,
             ..Default::default()
         };
-        let l = Limits::new(config, std::iter::empty(), &Registry::new());
+        let l = Limits::new(config, &Registry::new());
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().expect("IP"), "10.0.0.2".parse().expect("IP"));
         let a1 = l.whep("door", a).ok().unwrap();
         let _a2 = l.whep("yard", a).ok().unwrap();

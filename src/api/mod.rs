@@ -2,6 +2,7 @@
 //! Events), WHEP, the viewer page, health and Prometheus metrics. `router(state)` builds it all in
 //! one place.
 
+mod cameras;
 mod error;
 mod label_offsets;
 pub mod limits;
@@ -14,7 +15,6 @@ pub mod tls;
 mod viewer;
 mod whep;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +44,8 @@ use crate::telemetry::Metrics;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub cameras: Arc<BTreeMap<String, Arc<Camera>>>,
+    /// This node's cameras (changed at run time: `POST`/`DELETE /api/cameras`, SIGHUP).
+    pub cameras: Arc<crate::manage::Cameras>,
     /// `[cluster]`: who pulls which camera; `None` on a single node.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub labels: Arc<LabelStore>,
@@ -70,7 +71,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn camera(&self, name: &str) -> Result<&Arc<Camera>, ApiError> {
+    fn camera(&self, name: &str) -> Result<Arc<Camera>, ApiError> {
         self.cameras.get(name).ok_or_else(|| ApiError::camera_not_found(name))
     }
 }
@@ -100,8 +101,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(login))
         .routes(routes!(logout))
-        .routes(routes!(list_cameras))
-        .routes(routes!(get_camera))
+        .routes(routes!(list_cameras, cameras::add))
+        .routes(routes!(get_camera, cameras::remove))
         .routes(routes!(cluster_info))
         .routes(routes!(snapshot::snapshot))
         .routes(routes!(latest_labels))
@@ -184,7 +185,7 @@ async fn list_cameras(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
 ) -> Json<Vec<serde_json::Value>> {
-    Json(state.cameras.values().filter(|c| who.may_see(&c.name)).map(|c| view(&state, c)).collect())
+    Json(state.cameras.list().iter().filter(|c| who.may_see(&c.name)).map(|c| view(&state, c)).collect())
 }
 
 #[utoipa::path(get, path = "/api/cameras/{name}", tag = "cameras", security(("bearer" = [])),
@@ -195,7 +196,8 @@ async fn get_camera(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(view(&state, state.camera(&name)?)))
+    let camera = state.camera(&name)?;
+    Ok(Json(view(&state, &camera)))
 }
 
 /// `GET /api/cluster`: this node, the live nodes, who holds which camera.
@@ -292,7 +294,7 @@ async fn index(State(state): State<AppState>, Extension(who): Extension<Principa
     Json(json!({
         "name": "infercast",
         "version": env!("CARGO_PKG_VERSION"),
-        "cameras": state.cameras.keys().filter(|c| who.may_see(c)).collect::<Vec<_>>(),
+        "cameras": state.cameras.list().iter().map(|c| c.name.clone()).filter(|c| who.may_see(c)).collect::<Vec<_>>(),
         "openapi": "/api/openapi.json",
         "endpoints": openapi::endpoints(),
     }))
@@ -301,7 +303,7 @@ async fn index(State(state): State<AppState>, Extension(who): Extension<Principa
 #[utoipa::path(get, path = "/readyz", tag = "service",
     responses((status = 200, description = "Ready: camera counts by state", body = serde_json::Value)))]
 async fn ready(State(state): State<AppState>) -> Response {
-    let states: Vec<CameraState> = state.cameras.values().map(|c| c.status().state).collect();
+    let states: Vec<CameraState> = state.cameras.list().iter().map(|c| c.status().state).collect();
     let streaming = states.iter().filter(|&&s| s == CameraState::Streaming).count();
     let degraded = states.iter().filter(|&&s| s == CameraState::Degraded).count();
     Json(json!({

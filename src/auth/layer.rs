@@ -58,6 +58,9 @@ pub(crate) enum Access {
     View { camera: Option<String> },
     /// `/metrics`: `admin`, or any client on the loopback interface.
     AdminOrLoopback,
+    /// Changing the cameras (`POST /api/cameras`, `DELETE`/`PATCH
+    /// /api/cameras/{name}`): `admin`.
+    Admin,
 }
 
 pub(crate) fn access(method: &Method, path: &str) -> Access {
@@ -69,6 +72,8 @@ pub(crate) fn access(method: &Method, path: &str) -> Access {
     match segments.as_slice() {
         [""] | ["viewer", ..] | ["healthz"] | ["readyz"] | ["api", "logout"] => Access::Public,
         ["metrics"] => Access::AdminOrLoopback,
+        ["api", "cameras"] if method == Method::POST => Access::Admin,
+        ["api", "cameras", _] if method == Method::DELETE || method == Method::PATCH => Access::Admin,
         ["api", "cameras", name, ..] => Access::View { camera: camera(Some(name)) },
         ["api", "labels", "stream"] => Access::View { camera: None },
         ["api", "labels", name] => Access::View { camera: camera(Some(name)) },
@@ -147,9 +152,11 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
             role: Role::View,
             cameras: Some(Arc::default()),
         })),
-        (Access::AdminOrLoopback, Ok(p)) if p.role == Role::Admin => Ok(p),
+        (Access::AdminOrLoopback | Access::Admin, Ok(p)) if p.role == Role::Admin => Ok(p),
         (Access::AdminOrLoopback, _) if client.is_some_and(|c| c.ip().is_loopback()) => Ok(Principal::local()),
-        (Access::AdminOrLoopback, Ok(_)) => Err((Denied::Forbidden, "this endpoint needs the admin role".to_owned())),
+        (Access::AdminOrLoopback | Access::Admin, Ok(_)) => {
+            Err((Denied::Forbidden, "this endpoint needs the admin role".to_owned()))
+        }
         (Access::View { camera }, Ok(p)) => match camera {
             Some(c) if !p.may_see(c) => Err((Denied::Forbidden, format!("this token may not see camera {c:?}"))),
             _ => Ok(p),
@@ -197,6 +204,10 @@ mod tests {
         assert_eq!(access(&Method::OPTIONS, "/whep/door/raw"), Access::Public);
         assert_eq!(access(&get, "/api/nothing/here"), Access::View { camera: None });
         assert_eq!(access(&get, "/api/cameras/d%6F%6Fr"), Access::View { camera: Some("door".into()) });
+        assert_eq!(access(&Method::POST, "/api/cameras"), Access::Admin);
+        assert_eq!(access(&Method::DELETE, "/api/cameras/door"), Access::Admin);
+        assert_eq!(access(&Method::PATCH, "/api/cameras/door"), Access::Admin);
+        assert_eq!(access(&Method::POST, "/api/cameras/door/chat"), Access::View { camera: Some("door".into()) });
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub enum DecoderKind {
 }
 
 /// Which library encodes a camera's annotated track (`annotated_encoder`).
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncoderKind {
     /// openh264 in its low-complexity mode (built in).

@@ -234,6 +234,25 @@ impl Viewer {
         )
     }
 
+    /// Waits (at most `within`) for the connection to end (closed by the
+    /// server with DTLS close_notify, or disconnected or failed); true if it did.
+    pub async fn ended(&self, within: Duration) -> bool {
+        let mut state = self.state.clone();
+        tokio::time::timeout(
+            within,
+            state.wait_for(|s| {
+                matches!(
+                    s,
+                    RTCPeerConnectionState::Closed
+                        | RTCPeerConnectionState::Failed
+                        | RTCPeerConnectionState::Disconnected
+                )
+            }),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    }
+
     /// Restarts ICE (new credentials) and returns the new local offer once it
     /// has candidates (within 5 s).
     pub async fn restart_offer(&self) -> String {
