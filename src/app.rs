@@ -83,7 +83,8 @@ async fn reload_on_sighup(cameras: Arc<crate::manage::Cameras>, cancel: Cancella
         }
         match cameras.reload().await {
             Ok(r) => tracing::info!(
-                added = ?r.added, removed = ?r.removed, changed = ?r.changed, unchanged = r.unchanged,
+                added = ?r.added, removed = ?r.removed, changed = ?r.changed, tuned = ?r.tuned,
+                unchanged = r.unchanged,
                 "SIGHUP: config read again, cameras applied"
             ),
             Err(e) => tracing::error!(error = %e, "SIGHUP: config not applied; the cameras run on as they were"),

@@ -223,6 +223,12 @@ impl Track {
         self.keyframe_requested.store(true, Ordering::Relaxed);
     }
 
+    /// Whether a keyframe request is pending (not taken, perhaps held back by
+    /// [`MIN_KEYFRAME_INTERVAL`]).
+    pub fn keyframe_pending(&self) -> bool {
+        self.keyframe_requested.load(Ordering::Relaxed)
+    }
+
     /// Takes a pending keyframe request (producer side, once per frame). A
     /// request within [`MIN_KEYFRAME_INTERVAL`] of the last granted one stays
     /// pending until that interval has passed.

@@ -5,6 +5,8 @@
 //! camera; the changes survive a restart (state file beside the config, mode
 //! 0600, never a password in the API or the log); SIGHUP with an edited
 //! config applies only the difference, and a broken config changes nothing.
+//! `PATCH` changes the annotated bitrate, frame rate and size while a WHEP
+//! viewer watches: what it receives follows, and its session never ends.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -12,6 +14,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::netns;
@@ -182,7 +185,8 @@ fn cameras_added_removed_and_reloaded_at_run_time() {
     let since = |app: &Infercast, name: &str| app.camera(name)["state_since"].clone();
     let (gate_since, porch_since) = (since(&app, "gate"), since(&app, "porch"));
     let yard = format!("[[camera]]\nname = \"yard\"\nurl = \"{}\"\n", server.url("/door"));
-    std::fs::write(&config_path, config(&format!("{door}{}{yard}", porch(2)))).unwrap();
+    // (porch's analysis cannot change while it runs: a restart.)
+    std::fs::write(&config_path, config(&format!("{door}{}analysis = \"every_frame\"\n{yard}", porch(2)))).unwrap();
     hangup(&app);
     let line = sighup_line(&app, 1);
     assert!(line.contains("added=[\"yard\"]") && line.contains("changed=[\"porch\"]"), "{line}");
@@ -204,4 +208,126 @@ fn cameras_added_removed_and_reloaded_at_run_time() {
     let log = app.log();
     assert!(!log.contains(CAMERA_PASSWORD), "a camera password in the log:\n{log}");
     assert!(!String::from_utf8_lossy(&app.get("/api/cameras").body).contains(CAMERA_PASSWORD));
+}
+
+/// RTP payload bytes and frames (distinct RTP timestamps) a viewer received
+/// per second, over `window` ending now.
+fn received(log: &Mutex<Vec<(Instant, usize, u32)>>, window: Duration) -> (f64, f64) {
+    let now = Instant::now();
+    let log = log.lock().unwrap();
+    let recent: Vec<_> = log.iter().filter(|(t, _, _)| now.duration_since(*t) <= window).collect();
+    let bytes: usize = recent.iter().map(|(_, n, _)| n).sum();
+    let mut frames: Vec<u32> = recent.iter().map(|(_, _, ts)| *ts).collect();
+    frames.dedup();
+    let secs = window.as_secs_f64();
+    (bytes as f64 * 8.0 / secs, frames.len() as f64 / secs)
+}
+
+fn snapshot_size(app: &Infercast) -> (u32, u32) {
+    let snap = app.get("/api/cameras/cam/snapshot.jpg");
+    assert_eq!(snap.status, 200);
+    let picture = image::load_from_memory(&snap.body).unwrap();
+    (picture.width(), picture.height())
+}
+
+#[test]
+fn a_camera_tuned_while_a_viewer_watches() {
+    if !netns::isolated("a_camera_tuned_while_a_viewer_watches") {
+        return;
+    }
+    let server = RtspServer::start(&[("/cam", CLIP_640X272)], None);
+    let dir = common::scratch_dir("tune");
+    let config_path = dir.join("site.toml");
+    let cam = |classify_fps: u32| {
+        format!(
+            "[[camera]]\nname = \"cam\"\nurl = \"{}\"\nclassify_fps = {classify_fps}\nannotated_bitrate_bps = 1500000\n",
+            server.url("/cam")
+        )
+    };
+    std::fs::write(&config_path, config(&cam(2))).unwrap();
+    let args = ["--config", config_path.to_str().unwrap()];
+    let mut app = Infercast::start(&args);
+    app.token = Some(VIEW.into());
+    streaming(&app, "cam");
+
+    // A WHEP viewer of the annotated track, logging what it receives.
+    let log: Arc<Mutex<Vec<(Instant, usize, u32)>>> = Arc::default();
+    let sink_log = log.clone();
+    let sink: whep_client::RtpSink =
+        Arc::new(move |p| sink_log.lock().unwrap().push((Instant::now(), p.payload.len(), p.header.timestamp)));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let viewer = rt.block_on(Viewer::with_sink(Offer::H264, sink));
+    let r = whep_client::request(
+        &app.base,
+        "POST",
+        "/whep/cam/annotated",
+        &[("authorization", &format!("Bearer {VIEW}")), ("content-type", "application/sdp")],
+        &viewer.offer_sdp,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    rt.block_on(viewer.apply_answer(&r.body));
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects");
+    std::thread::sleep(Duration::from_secs(4));
+    let window = Duration::from_secs(3);
+    let (bps_before, fps_before) = received(&log, window);
+    eprintln!("before: {:.0} kbit/s, {fps_before:.1} fps", bps_before / 1e3);
+    assert!(fps_before > 20.0, "the clip is 25 fps: {fps_before:.1}");
+    assert_eq!(snapshot_size(&app), (640, 272));
+
+    // Refused: a viewer, an unknown field, a value out of range, no such camera.
+    let patch = |body: &str, token: &str| call(&app, "PATCH", "/api/cameras/cam", Some(token), Some(body));
+    assert_eq!(patch(r#"{"annotated_bitrate_bps": 250000}"#, VIEW).status, 403);
+    let unknown = patch(r#"{"url": "rtsp://h/x"}"#, ADMIN);
+    assert_eq!(unknown.status, 422, "{}", unknown.body);
+    let range = patch(r#"{"annotated_scale": 1.5}"#, ADMIN);
+    assert_eq!(range.status, 422, "{}", range.body);
+    assert!(range.body.contains("annotated_scale"), "{}", range.body);
+    let missing = call(&app, "PATCH", "/api/cameras/nope", Some(ADMIN), Some("{}"));
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert_eq!(app.camera("cam")["annotated_bitrate_bps"], 1_500_000, "a refused patch changes nothing");
+
+    // The bitrate: at once, no new IDR needed.
+    let r = patch(r#"{"annotated_bitrate_bps": 250000}"#, ADMIN);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let view: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(view["annotated_bitrate_bps"], 250_000, "{view}");
+    std::thread::sleep(Duration::from_secs(1) + window);
+    let (bps_low, fps_low) = received(&log, window);
+    eprintln!("at 250 kbit/s: {:.0} kbit/s, {fps_low:.1} fps", bps_low / 1e3);
+    assert!(bps_low < bps_before * 0.4, "{:.0} → {:.0} kbit/s", bps_before / 1e3, bps_low / 1e3);
+    assert!((125e3..400e3).contains(&bps_low), "{:.0} kbit/s for 250", bps_low / 1e3);
+
+    // The frame rate and size: at the next IDR (a 2 s GOP).
+    let r = patch(r#"{"annotated_fps": 10, "annotated_scale": 0.5}"#, ADMIN);
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_secs(3) + window);
+    let (bps_10, fps_10) = received(&log, window);
+    eprintln!("at 10 fps, half size: {:.0} kbit/s, {fps_10:.1} fps", bps_10 / 1e3);
+    assert!((8.0..12.5).contains(&fps_10), "{fps_10:.1} fps for 10");
+    assert_eq!(snapshot_size(&app), (320, 136));
+    assert!(!rt.block_on(viewer.ended(Duration::from_millis(100))), "the viewer's session never ended");
+    let cam_view = app.camera("cam");
+    assert_eq!((cam_view["annotated_fps"].as_f64(), cam_view["annotated_scale"].as_f64()), (Some(10.0), Some(0.5)));
+
+    // SIGHUP with only a tunable change: tuned, not restarted; the viewer stays.
+    std::fs::write(&config_path, config(&cam(1))).unwrap();
+    hangup(&app);
+    let line = sighup_line(&app, 1);
+    assert!(line.contains("tuned=[\"cam\"]") && line.contains("changed=[]"), "{line}");
+    assert_eq!(app.camera("cam")["classify_fps"], 1.0);
+    assert_eq!(app.camera("cam")["annotated_bitrate_bps"], 250_000, "the PATCH stays over the file");
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, fps_after) = received(&log, Duration::from_secs(1));
+    assert!(fps_after > 5.0 && !rt.block_on(viewer.ended(Duration::from_millis(100))), "still watching");
+    rt.block_on(viewer.close());
+
+    // A restart keeps the tuning (state file), over the config's values.
+    app.terminate();
+    let mut app = Infercast::start(&args);
+    app.token = Some(VIEW.into());
+    streaming(&app, "cam");
+    let c = app.camera("cam");
+    assert_eq!((c["annotated_bitrate_bps"].as_u64(), c["annotated_fps"].as_f64()), (Some(250_000), Some(10.0)), "{c}");
+    assert_eq!(snapshot_size(&app), (320, 136));
+    app.terminate();
 }

@@ -102,7 +102,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(login))
         .routes(routes!(logout))
         .routes(routes!(list_cameras, cameras::add))
-        .routes(routes!(get_camera, cameras::remove))
+        .routes(routes!(get_camera, cameras::tune, cameras::remove))
         .routes(routes!(cluster_info))
         .routes(routes!(snapshot::snapshot))
         .routes(routes!(latest_labels))

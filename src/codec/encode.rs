@@ -122,6 +122,8 @@ pub struct Encoder {
     /// reused once consumers drop earlier units.
     out: BytesMut,
     keyframe_requested: bool,
+    /// Whether `inner` has encoded a frame (openh264 initialises on the first).
+    started: bool,
 }
 
 fn new_inner(config: &EncoderConfig, tuning: &Openh264Tuning) -> Result<H264Encoder, CodecError> {
@@ -144,12 +146,30 @@ impl Encoder {
             tuning,
             out: BytesMut::new(),
             keyframe_requested: false,
+            started: false,
         })
     }
 
     /// The config in use (width and height follow the last frame size).
     pub fn config(&self) -> &EncoderConfig {
         &self.config
+    }
+
+    /// Changes the target bitrate (bits per second, 10 kbit/s to 2 Gbit/s)
+    /// from the next frame on, without an IDR: openh264's rate control takes
+    /// the new target (`ENCODER_OPTION_BITRATE`, and the maximum with it).
+    /// Errors on a bitrate outside the range or when openh264 refuses it.
+    pub fn set_bitrate(&mut self, bitrate_bps: u32) -> Result<(), CodecError> {
+        let config = EncoderConfig { bitrate_bps, ..self.config };
+        config.validate()?;
+        if !self.started {
+            // Not initialised yet: it takes the whole config on its first frame.
+            self.inner = new_inner(&config, &self.tuning)?;
+        } else {
+            set_openh264_bitrate(&mut self.inner, self.config.bitrate_bps, bitrate_bps)?;
+        }
+        self.config = config;
+        Ok(())
     }
 
     /// Makes the next encoded frame an IDR (a viewer joined, a PLI arrived).
@@ -184,6 +204,7 @@ impl Encoder {
         let ms = u64::try_from(frame.pts_90k.max(0) / 90).unwrap_or(0);
         let bitstream =
             self.inner.encode_at(&source, Timestamp::from_millis(ms)).map_err(|e| err(openh264_text(&e)))?;
+        self.started = true;
         let keyframe = match bitstream.frame_type() {
             FrameType::IDR => true,
             FrameType::I | FrameType::P | FrameType::IPMixed => false,
@@ -200,6 +221,31 @@ impl Encoder {
         }
         Ok(AccessUnit::new(self.out.split().freeze(), frame.pts_90k, keyframe, frame.received_at, frame.captured_at))
     }
+}
+
+/// Sets an initialised openh264 encoder's target bitrate (all layers) and its
+/// one layer's maximum, the maximum first when raising: openh264 refuses a
+/// target over the layer's maximum.
+#[allow(unsafe_code)]
+fn set_openh264_bitrate(inner: &mut H264Encoder, from_bps: u32, to_bps: u32) -> Result<(), CodecError> {
+    use openh264_sys2::{
+        ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE, SBitrateInfo, SPATIAL_LAYER_0, SPATIAL_LAYER_ALL,
+    };
+    let refused = |reason: String| CodecError::Init { what: "openh264 encoder", reason };
+    let bitrate = i32::try_from(to_bps).map_err(|_| refused(format!("bitrate {to_bps} bit/s is too large")))?;
+    let target = (ENCODER_OPTION_BITRATE, SPATIAL_LAYER_ALL, "target");
+    let max = (ENCODER_OPTION_MAX_BITRATE, SPATIAL_LAYER_0, "maximum");
+    let order = if to_bps > from_bps { [max, target] } else { [target, max] };
+    for (option, layer, what) in order {
+        let mut info = SBitrateInfo { iLayer: layer, iBitrate: bitrate };
+        // SAFETY: the encoder is initialised (it has encoded a frame), and both
+        // options read one `SBitrateInfo`, which outlives the call.
+        let rc = unsafe { inner.raw_api().set_option(option, std::ptr::addr_of_mut!(info).cast()) };
+        if rc != 0 {
+            return Err(refused(format!("openh264 refused the {what} bitrate {to_bps} bit/s (error {rc})")));
+        }
+    }
+    Ok(())
 }
 
 /// A [`VideoFrame`] whose planes were checked to cover what openh264 reads

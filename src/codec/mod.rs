@@ -67,6 +67,23 @@ impl AnnotatedEncoder {
         })
     }
 
+    /// Changes the target bitrate from the next frame on, without an IDR;
+    /// errors on a bitrate the encoder refuses (under 10 kbit/s).
+    pub fn set_bitrate(&mut self, bitrate_bps: u32) -> Result<(), CodecError> {
+        match self {
+            AnnotatedEncoder::Openh264(e) => e.set_bitrate(bitrate_bps),
+            AnnotatedEncoder::X264(e) => e.set_bitrate(bitrate_bps),
+        }
+    }
+
+    /// The config in use (width and height follow the last frame size).
+    pub fn config(&self) -> &encode::EncoderConfig {
+        match self {
+            AnnotatedEncoder::Openh264(e) => e.config(),
+            AnnotatedEncoder::X264(e) => e.config(),
+        }
+    }
+
     /// Encodes one frame (an IDR with SPS/PPS when `force_idr`); see
     /// [`encode::Encoder::encode`].
     pub fn encode(&mut self, frame: &VideoFrame, force_idr: bool) -> Result<AccessUnit, CodecError> {
@@ -292,5 +309,52 @@ pub(crate) mod testutil {
         let frames: Vec<VideoFrame> = (0..n).map(|i| moving_frame(w, h, i)).collect();
         let aus = frames.iter().map(|f| enc.encode(f, false).expect("encode")).collect();
         (frames, aus)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::moving_frame;
+    use super::*;
+
+    /// Access-unit sizes in bytes of `n` frames of a 640x360 moving picture,
+    /// starting at `first_bps` and changing the bitrate at each `(frame, bps)`
+    /// step; asserts no IDR after the first frame.
+    fn sizes(kind: EncoderKind, first_bps: u32, steps: &[(u32, u32)], n: u32) -> Vec<usize> {
+        let config =
+            encode::EncoderConfig { width: 640, height: 360, bitrate_bps: first_bps, max_fps: 30.0, gop_frames: 1000 };
+        let mut enc = AnnotatedEncoder::new(kind, config).expect("encoder");
+        (0..n)
+            .map(|i| {
+                if let Some(&(_, bps)) = steps.iter().find(|(at, _)| *at == i) {
+                    enc.set_bitrate(bps).expect("bitrate accepted");
+                    assert_eq!(enc.config().bitrate_bps, bps);
+                }
+                let au = enc.encode(&moving_frame(640, 360, i), false).expect("encode");
+                assert_eq!(au.keyframe, i == 0, "{kind:?}: frame {i}: an IDR only at the start");
+                au.data.len()
+            })
+            .collect()
+    }
+
+    fn mean(s: &[usize]) -> f64 {
+        s.iter().sum::<usize>() as f64 / s.len() as f64
+    }
+
+    #[test]
+    fn bitrate_changes_apply_at_once_without_an_idr() {
+        for kind in [EncoderKind::Openh264, EncoderKind::X264] {
+            // 1.5 Mbit/s, 500 kbit/s from frame 60, 1.5 Mbit/s again from frame 150 (30 fps).
+            let s = sizes(kind, 1_500_000, &[(60, 500_000), (150, 1_500_000)], 270);
+            // Each window starts a second after its change (x264's VBV is one second).
+            let (high, low, again) = (mean(&s[20..60]), mean(&s[90..150]), mean(&s[180..270]));
+            eprintln!("{kind:?}: {high:.0} → {low:.0} → {again:.0} bytes per frame");
+            assert!(low * 2.0 < high, "{kind:?}: lowered three times, {high:.0} → {low:.0} bytes per frame");
+            assert!(again > low * 2.0, "{kind:?}: raised three times, {low:.0} → {again:.0} bytes per frame");
+            // 500 kbit/s at 30 fps is 2083 bytes a frame.
+            assert!((1500.0..2700.0).contains(&low), "{kind:?}: {low:.0} bytes per frame at 500 kbit/s");
+        }
+        let mut enc = AnnotatedEncoder::new(EncoderKind::Openh264, testutil::config(64, 64, 10)).expect("encoder");
+        assert!(enc.set_bitrate(5_000).is_err(), "under 10 kbit/s");
     }
 }

@@ -39,20 +39,21 @@ fn open(config: &EncoderConfig, preset: &str) -> Result<ff::encoder::video::Enco
     enc.set_max_b_frames(0);
     enc.set_bit_rate(config.bitrate_bps as usize);
     enc.set_max_bit_rate(config.bitrate_bps as usize);
+    let bps = config.bitrate_bps.to_string();
     enc.set_threading(ff::threading::Config { kind: ff::threading::Type::Slice, count: 1, ..Default::default() });
-    let kbps = config.bitrate_bps / 1000;
     let mut options = ff::Dictionary::new();
     options.set("preset", preset);
     options.set("tune", "zerolatency");
     options.set("profile", "baseline");
     options.set("forced-idr", "1");
+    // A one-second VBV (rc_buffer_size, which libavcodec compares before each
+    // frame: set here, not in x264-params, or the first frame would clear it).
+    options.set("bufsize", &bps);
     // One slice, parameter sets before each IDR, IDRs only on the GOP and on
-    // request (steady bitrate), a one-second VBV, BT.601 limited range in the VUI.
-    let params = format!(
-        "repeat-headers=1:scenecut=0:sliced-threads=0:slices=1:vbv-maxrate={kbps}:vbv-bufsize={kbps}:\
-         colormatrix=smpte170m:colorprim=smpte170m:transfer=smpte170m:range=tv"
-    );
-    options.set("x264-params", &params);
+    // request (steady bitrate), BT.601 limited range in the VUI.
+    let params = "repeat-headers=1:scenecut=0:sliced-threads=0:slices=1:\
+         colormatrix=smpte170m:colorprim=smpte170m:transfer=smpte170m:range=tv";
+    options.set("x264-params", params);
     enc.open_with(options).map_err(|e| init(format!("cannot open with preset {preset}: {e}")))
 }
 
@@ -74,6 +75,20 @@ impl X264Encoder {
     /// The config in use (width and height follow the last frame size).
     pub fn config(&self) -> &EncoderConfig {
         &self.config
+    }
+
+    /// Changes the target bitrate (bits per second, at least 10 kbit/s) from
+    /// the next frame on, without an IDR: libavcodec hands a changed
+    /// `bit_rate`/`rc_max_rate` to x264 before each frame (`x264_encoder_reconfig`).
+    /// The VBV buffer keeps its size (one second of the first bitrate).
+    pub fn set_bitrate(&mut self, bitrate_bps: u32) -> Result<(), CodecError> {
+        if bitrate_bps < 10_000 {
+            return Err(CodecError::InvalidConfig(format!("bitrate_bps {bitrate_bps} is under 10 kbit/s")));
+        }
+        self.inner.set_bit_rate(bitrate_bps as usize);
+        self.inner.set_max_bit_rate(bitrate_bps as usize);
+        self.config.bitrate_bps = bitrate_bps;
+        Ok(())
     }
 
     /// Encodes one frame; `force_idr` makes it an IDR with SPS and PPS in front.

@@ -1,11 +1,13 @@
 //! The cameras of this node, changed while it runs: `POST` and `DELETE
-//! /api/cameras` start and stop one camera, SIGHUP reads the config file
-//! again and applies the difference (added, removed and changed cameras;
-//! the others are not touched). Changes made through the API persist in the
+//! /api/cameras` start and stop one camera, `PATCH` tunes one without a
+//! restart, SIGHUP reads the config file again and applies the difference
+//! (added, removed and changed cameras, tuned where only tunable settings
+//! changed; the others are not touched). Changes made through the API persist in the
 //! state file beside the config ([`state`]) and are applied over the
 //! config's cameras at start and on every reload. In cluster mode the camera
 //! list is the shared config's alone: changes are refused.
 
+pub mod patch;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -15,8 +17,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use self::patch::CameraPatch;
 use self::state::State;
 use crate::config::{CameraConfig, Config};
+use crate::pipeline::tuning::CameraTuning;
 use crate::pipeline::{Camera, Services};
 
 /// Longest wait for a removed camera's source session to close.
@@ -49,7 +53,10 @@ pub enum ManageError {
 pub struct Reloaded {
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// Restarted with their new settings.
     pub changed: Vec<String>,
+    /// Only tunable settings changed: applied without a restart.
+    pub tuned: Vec<String>,
     pub unchanged: usize,
 }
 
@@ -190,9 +197,35 @@ impl Cameras {
         Ok(())
     }
 
+    /// Changes camera `name`'s tunable settings without a restart (see
+    /// [`Camera::tune`]; its viewers stay) and saves the change. Errors: cluster
+    /// mode, no such camera, a value out of range (nothing changed then).
+    pub async fn patch(&self, name: &str, patch: &CameraPatch) -> Result<Arc<Camera>, ManageError> {
+        if self.clustered {
+            return Err(ManageError::Clustered);
+        }
+        let mut changes = self.changes.lock().await;
+        let (camera, mut config) = {
+            let running = self.read();
+            let r = running.get(name).ok_or_else(|| ManageError::NotFound(name.to_owned()))?;
+            (r.camera.clone(), r.config.clone())
+        };
+        patch.apply(&mut config);
+        config.validate().map_err(ManageError::Invalid)?;
+        camera.tune(CameraTuning::of(&config));
+        if let Some(r) = self.running.write().expect("cameras lock is never poisoned").get_mut(name) {
+            r.config = config;
+        }
+        tracing::info!(camera = name, ?patch, "camera tuned");
+        changes.state.tune(name, patch);
+        self.save(&changes.state)?;
+        Ok(camera)
+    }
+
     /// Reads the config file again and applies its camera list (with the
     /// state file's changes): starts added cameras, stops removed ones,
-    /// restarts changed ones; the others run on untouched. Only cameras are
+    /// restarts changed ones (tunes those whose only changes are tunable);
+    /// the others run on untouched. Only cameras are
     /// applied; other settings need a restart. Errors: no config file,
     /// cluster mode, a file that does not load (nothing is changed then).
     pub async fn reload(&self) -> Result<Reloaded, String> {
@@ -226,6 +259,13 @@ impl Cameras {
         for cam in wanted {
             match current.get(&cam.name) {
                 Some(old) if *old == cam => done.unchanged += 1,
+                Some(old) if CameraTuning::only_tuning_differs(old, &cam) => {
+                    if let Some(r) = self.running.write().expect("cameras lock is never poisoned").get_mut(&cam.name) {
+                        r.camera.tune(CameraTuning::of(&cam));
+                        r.config = cam.clone();
+                    }
+                    done.tuned.push(cam.name.clone());
+                }
                 Some(_) => {
                     self.stop(&cam.name).await;
                     done.changed.push(cam.name.clone());

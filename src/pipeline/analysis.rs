@@ -54,6 +54,11 @@ impl AnalysisGate {
         *self = AnalysisGate::new(self.policy, self.classify_fps);
     }
 
+    /// A new classification rate, taken into account from the next keyframe.
+    pub fn set_classify_fps(&mut self, classify_fps: f32) {
+        self.classify_fps = classify_fps;
+    }
+
     /// The mode in force for the current GOP.
     pub fn mode(&self) -> AnalysisMode {
         self.mode

@@ -13,7 +13,6 @@ use super::media::{MediaContext, ms_since};
 use super::status::CameraStatus;
 use crate::codec::AnnotatedEncoder;
 use crate::codec::encode::EncoderConfig;
-use crate::config::CameraConfig;
 use crate::media::VideoFrame;
 use crate::media::scale::scaled_size;
 use crate::telemetry::Stage;
@@ -77,11 +76,16 @@ impl FrameInterval {
     }
 }
 
-/// Size and rate of the annotated track (`annotated_scale`, `annotated_fps`).
+/// Size and rate of the annotated track (`annotated_scale`, `annotated_fps`),
+/// and a change of them waiting for the track's next IDR.
 pub(super) struct AnnotatedShape {
     scale: f32,
     fps: Option<f32>,
     max_pixels: u32,
+    /// `(annotated_fps, annotated_scale)` to take at the next IDR.
+    pending: Option<(Option<f32>, f32)>,
+    /// Frames encoded since the last IDR (the GOP position).
+    since_idr: u32,
     /// The camera picture size last checked against `max_pixels`, and the verdict.
     checked: Option<((u32, u32), bool)>,
     pub(super) frame_interval: FrameInterval,
@@ -90,15 +94,42 @@ pub(super) struct AnnotatedShape {
 }
 
 impl AnnotatedShape {
-    pub(super) fn new(config: &CameraConfig) -> AnnotatedShape {
+    pub(super) fn new(fps: Option<f32>, scale: f32, max_pixels: u32) -> AnnotatedShape {
         AnnotatedShape {
-            scale: config.annotated_scale,
-            fps: config.annotated_fps,
-            max_pixels: config.annotated_max_pixels,
+            scale,
+            fps,
+            max_pixels,
+            pending: None,
+            since_idr: 0,
             checked: None,
             frame_interval: FrameInterval::default(),
             next_due_90k: None,
         }
+    }
+
+    /// A new frame rate and scale, taken at the next IDR ([`Self::take_pending`]).
+    pub(super) fn retune(&mut self, fps: Option<f32>, scale: f32) {
+        self.pending = ((fps, scale) != (self.fps, self.scale)).then_some((fps, scale));
+    }
+
+    /// Whether the next encoded frame is an IDR anyway: no encoder yet, a
+    /// keyframe request (a viewer joined, a PLI), or the end of the GOP.
+    pub(super) fn idr_due(&self, ctx: &MediaContext, encoder: Option<&AnnotatedEncoder>) -> bool {
+        encoder.is_none_or(|e| self.since_idr + 1 >= e.config().gop_frames) || ctx.tracks.annotated.keyframe_pending()
+    }
+
+    /// Takes the pending frame rate and scale when `idr_due`; true when it did
+    /// (the caller starts a new encoder, whose first frame is that IDR).
+    pub(super) fn take_pending(&mut self, idr_due: bool) -> bool {
+        let Some((fps, scale)) = self.pending.filter(|_| idr_due) else { return false };
+        (self.fps, self.scale, self.pending) = (fps, scale, None);
+        (self.checked, self.next_due_90k) = (None, None);
+        true
+    }
+
+    /// Counts an encoded frame (`keyframe`: an IDR) for the GOP position.
+    pub(super) fn encoded(&mut self, keyframe: bool) {
+        self.since_idr = if keyframe { 0 } else { self.since_idr + 1 };
     }
 
     /// Whether the annotated track of a camera picture of `width`×`height` is
@@ -154,14 +185,23 @@ impl AnnotatedShape {
     }
 }
 
-pub(super) fn encode(ctx: &MediaContext, encoder: &mut Option<AnnotatedEncoder>, frame: &VideoFrame, fps: f32) {
+/// Encodes `frame` (creating the encoder at `fps` and `bitrate_bps` if there is
+/// none) and publishes it to the annotated track; returns whether it was an
+/// IDR, `None` when nothing was encoded (logged).
+pub(super) fn encode(
+    ctx: &MediaContext,
+    encoder: &mut Option<AnnotatedEncoder>,
+    frame: &VideoFrame,
+    fps: f32,
+    bitrate_bps: u32,
+) -> Option<bool> {
     let mut force_idr = ctx.tracks.annotated.take_keyframe_request();
     if encoder.is_none() {
         let fps = fps.clamp(1.0, 60.0);
         let config = EncoderConfig {
             width: frame.width,
             height: frame.height,
-            bitrate_bps: ctx.config.annotated_bitrate_bps,
+            bitrate_bps,
             max_fps: fps,
             gop_frames: (fps * 2.0).round() as u32,
         };
@@ -169,7 +209,7 @@ pub(super) fn encode(ctx: &MediaContext, encoder: &mut Option<AnnotatedEncoder>,
             Ok(e) => *encoder = Some(e),
             Err(e) => {
                 tracing::error!(camera = %ctx.name, error = %e, "cannot create the H.264 encoder");
-                return;
+                return None;
             }
         }
         tracing::info!(
@@ -177,11 +217,12 @@ pub(super) fn encode(ctx: &MediaContext, encoder: &mut Option<AnnotatedEncoder>,
             encoder = ?ctx.config.annotated_encoder,
             size = %format_args!("{}x{}", frame.width, frame.height),
             fps,
+            bitrate_bps,
             "annotated encoder started"
         );
         force_idr = true;
     }
-    let Some(enc) = encoder.as_mut() else { return };
+    let enc = encoder.as_mut()?;
     let t = Instant::now();
     match enc.encode(frame, force_idr) {
         Ok(au) => {
@@ -190,9 +231,14 @@ pub(super) fn encode(ctx: &MediaContext, encoder: &mut Option<AnnotatedEncoder>,
             if let Ok(age) = SystemTime::now().duration_since(frame.captured_at) {
                 ctx.metrics.capture_to_encoded.observe(age.as_secs_f64());
             }
+            let keyframe = au.keyframe;
             ctx.tracks.annotated.publish(au);
+            Some(keyframe)
         }
-        Err(e) => tracing::warn!(camera = %ctx.name, error = %e, "encode failed"),
+        Err(e) => {
+            tracing::warn!(camera = %ctx.name, error = %e, "encode failed");
+            None
+        }
     }
 }
 
@@ -203,17 +249,28 @@ mod tests {
     #[test]
     fn annotated_fps_takes_the_configured_share_of_frames() {
         for (fps, want) in [(12.5f32, 125), (10.0, 100), (5.0, 50), (25.0, 250), (30.0, 250)] {
-            let mut config = CameraConfig::new("c", "file:x");
-            config.annotated_fps = Some(fps);
-            let mut shape = AnnotatedShape::new(&config);
+            let mut shape = AnnotatedShape::new(Some(fps), 1.0, 1920 * 1080);
             let taken = (0..250i64).filter(|i| shape.due(i * 3600)).count();
             assert!(taken.abs_diff(want) <= 1, "{fps} fps of 25: {taken} of 250 frames");
         }
-        let mut config = CameraConfig::new("c", "file:x");
-        config.annotated_fps = Some(5.0);
-        let mut shape = AnnotatedShape::new(&config);
+        let mut shape = AnnotatedShape::new(Some(5.0), 1.0, 1920 * 1080);
         assert!(shape.due(900_000) && !shape.due(903_600));
         assert!(shape.due(0), "the source restarted: a new grid");
+    }
+
+    #[test]
+    fn a_new_rate_and_scale_wait_for_an_idr() {
+        let mut shape = AnnotatedShape::new(None, 1.0, 1920 * 1080);
+        shape.retune(None, 1.0);
+        assert!(!shape.take_pending(true), "nothing changed");
+        shape.retune(Some(10.0), 0.5);
+        assert!(!shape.take_pending(false), "no IDR due: still pending");
+        assert_eq!((shape.fps, shape.scale), (None, 1.0));
+        assert!(shape.take_pending(true));
+        assert_eq!((shape.fps, shape.scale), (Some(10.0), 0.5));
+        assert!(!shape.take_pending(true), "taken once");
+        let half = shape.scale(crate::media::VideoFrame::from_rgb(64, 32, &[0; 64 * 32 * 3]));
+        assert_eq!((half.width, half.height), (32, 16));
     }
 
     #[test]

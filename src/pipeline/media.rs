@@ -17,6 +17,7 @@ use super::classify::{ClassifyPacer, Latest, Stashed, classify, retry_stashed};
 use super::health::Health;
 use super::queue::{FrameQueue, MediaMsg, Popped};
 use super::status::{CameraState, CameraStatus};
+use super::tuning::CameraTuning;
 use crate::codec::{AnnotatedEncoder, VideoDecoder};
 use crate::config::{CameraConfig, EncodePolicy};
 use crate::hub::{CameraTracks, TrackKind};
@@ -43,6 +44,9 @@ pub struct MediaContext {
     pub metrics: CameraMetrics,
     pub status: Arc<RwLock<CameraStatus>>,
     pub snapshots: std::sync::mpsc::Receiver<SnapshotRequest>,
+    /// What changes without a restart; read between access units (it
+    /// overrides `config`'s tunable fields).
+    pub tuning: tokio::sync::watch::Receiver<CameraTuning>,
 }
 
 /// Per-thread state of the decode step.
@@ -60,20 +64,23 @@ struct DecodeState {
 pub fn run(ctx: &MediaContext, mut recovering: bool) {
     let codec =
         ctx.status.read().expect("status lock is never poisoned").codec.as_deref().and_then(VideoCodec::from_name);
+    let mut tuning_rx = ctx.tuning.clone();
+    let mut tuning = *tuning_rx.borrow_and_update();
     let mut dec = DecodeState {
         decoder: None,
         codec: codec.unwrap_or(VideoCodec::H264),
-        gate: AnalysisGate::new(ctx.config.analysis, ctx.config.classify_fps),
+        gate: AnalysisGate::new(ctx.config.analysis, tuning.classify_fps),
         health: Health::new(Instant::now()),
         frames: Vec::new(),
     };
     let mut encoder = None::<AnnotatedEncoder>;
-    let mut annotated = AnnotatedShape::new(&ctx.config);
+    let mut annotated =
+        AnnotatedShape::new(tuning.annotated_fps, tuning.annotated_scale, ctx.config.annotated_max_pixels);
     let mut encoder_last_wanted = Instant::now();
     let mut overlay = Overlay::new();
     let mut pre = Preprocessor::new();
     let latest = Arc::new(Latest::default());
-    let mut pacer = ClassifyPacer::new(ctx.config.classify_fps);
+    let mut pacer = ClassifyPacer::new(tuning.classify_fps);
     let mut fps_window = (Instant::now(), 0u32);
     let mut pending_snapshots: Vec<SnapshotRequest> = Vec::new();
     let mut stash = None::<Stashed>;
@@ -85,6 +92,10 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
             dec.health.dropped += skipped as u32;
         }
         retry_stashed(ctx, &latest, &mut stash);
+        if tuning_rx.has_changed().unwrap_or(false) {
+            let new = *tuning_rx.borrow_and_update();
+            retune(ctx, &mut tuning, new, &mut dec.gate, &mut pacer, encoder.as_mut(), &mut annotated);
+        }
         let au = match popped {
             Popped::Closed => break,
             Popped::Idle => continue,
@@ -97,7 +108,7 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
             Popped::Msg(MediaMsg::AccessUnit(au)) => au,
         };
         let refused = ctx.status.read().expect("status lock is never poisoned").annotated_unavailable.is_some();
-        let needs_every_frame = encoder.is_some() || (annotated_wanted(ctx) && !refused);
+        let needs_every_frame = encoder.is_some() || (annotated_wanted(ctx, &tuning) && !refused);
         let admit = dec.gate.admit(&au, needs_every_frame);
         if au.keyframe {
             show_mode(ctx, &dec.gate, &pacer); // once per GOP
@@ -119,9 +130,13 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
 
             classify(ctx, &mut pre, &mut pacer, &latest, &frame, keyframes_only, &mut stash);
 
+            // A new annotated rate or size starts a new encoder at the IDR due next.
+            if annotated.take_pending(annotated.idr_due(ctx, encoder.as_ref())) && encoder.take().is_some() {
+                tracing::info!(camera = %ctx.name, "annotated encoder restarts at this IDR with the new rate and size");
+            }
             // Too large to encode (annotated_max_pixels): never encoded, said once.
             let refused = annotated.refused(ctx, frame.width, frame.height);
-            let wanted = !refused && annotated_wanted(ctx);
+            let wanted = !refused && annotated_wanted(ctx, &tuning);
             if wanted {
                 encoder_last_wanted = Instant::now();
             }
@@ -145,8 +160,12 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
                 ctx.metrics.stage(Stage::Overlay, ms_since(t));
             }
             answer_snapshots(&mut pending_snapshots, TrackKind::Annotated, &picture);
-            if encoding && annotated.due(picture.pts_90k) {
-                encode(ctx, &mut encoder, &picture, annotated.fps());
+            if encoding
+                && annotated.due(picture.pts_90k)
+                && let Some(keyframe) =
+                    encode(ctx, &mut encoder, &picture, annotated.fps(), tuning.annotated_bitrate_bps)
+            {
+                annotated.encoded(keyframe);
             }
         }
         judge_health(ctx, &mut dec.health, &mut recovering);
@@ -169,8 +188,43 @@ fn test_panic(ctx: &MediaContext, frames: &[VideoFrame]) {
 }
 
 /// Someone needs the annotated picture of every frame: a subscriber, or `always`.
-fn annotated_wanted(ctx: &MediaContext) -> bool {
-    ctx.config.encode_annotated == EncodePolicy::Always || ctx.tracks.annotated.subscriber_count() > 0
+fn annotated_wanted(ctx: &MediaContext, tuning: &CameraTuning) -> bool {
+    tuning.encode_annotated == EncodePolicy::Always || ctx.tracks.annotated.subscriber_count() > 0
+}
+
+/// Takes a new tuning: the classification rate now (the analysis mode at the
+/// next keyframe), the bitrate from the next encoded frame, the annotated
+/// rate and size at its next IDR (see [`AnnotatedShape::take_pending`]).
+fn retune(
+    ctx: &MediaContext,
+    tuning: &mut CameraTuning,
+    new: CameraTuning,
+    gate: &mut AnalysisGate,
+    pacer: &mut ClassifyPacer,
+    encoder: Option<&mut AnnotatedEncoder>,
+    annotated: &mut AnnotatedShape,
+) {
+    if new.classify_fps != tuning.classify_fps {
+        gate.set_classify_fps(new.classify_fps);
+        *pacer = ClassifyPacer::new(new.classify_fps);
+    }
+    if let Some(enc) = encoder
+        && new.annotated_bitrate_bps != tuning.annotated_bitrate_bps
+        && let Err(e) = enc.set_bitrate(new.annotated_bitrate_bps)
+    {
+        tracing::warn!(camera = %ctx.name, error = %e, "the annotated encoder kept its bitrate");
+    }
+    annotated.retune(new.annotated_fps, new.annotated_scale);
+    tracing::info!(
+        camera = %ctx.name,
+        classify_fps = new.classify_fps,
+        encode_annotated = ?new.encode_annotated,
+        annotated_bitrate_bps = new.annotated_bitrate_bps,
+        annotated_fps = ?new.annotated_fps,
+        annotated_scale = new.annotated_scale,
+        "camera tuned"
+    );
+    *tuning = new;
 }
 
 pub(super) fn ms_since(t: Instant) -> f64 {

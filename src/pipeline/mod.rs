@@ -10,6 +10,7 @@ pub mod health;
 pub mod media;
 pub mod queue;
 pub mod status;
+pub mod tuning;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -22,6 +23,7 @@ use self::backoff::Backoff;
 use self::media::{MediaContext, SnapshotRequest};
 use self::queue::{FrameQueue, MediaMsg};
 pub use self::status::{CameraState, CameraStatus, CameraView};
+use self::tuning::CameraTuning;
 use crate::codec::DecoderKind;
 use crate::config::{CameraConfig, RtspConfig};
 use crate::hub::{CameraTracks, Hub, TrackKind};
@@ -72,6 +74,8 @@ pub struct Camera {
     snapshots: std::sync::mpsc::Sender<SnapshotRequest>,
     /// Whether this node pulls the camera (always, outside cluster mode).
     active: watch::Sender<bool>,
+    /// What the media thread applies without a restart.
+    tuning: watch::Sender<CameraTuning>,
 }
 
 impl Camera {
@@ -92,7 +96,7 @@ impl Camera {
         let name = config.name.clone();
         let url = CameraUrl::parse(&config.url);
         let shown_url = url.as_ref().map(|u| u.redacted()).unwrap_or_else(|_| "(invalid URL)".into());
-        let mut status = CameraStatus::new(&name, &shown_url, config.classify_fps, config.decoder);
+        let mut status = CameraStatus::new(&name, &shown_url, &CameraTuning::of(&config), config.decoder);
         if !active {
             status.set_state(CameraState::Standby, None);
         }
@@ -104,6 +108,7 @@ impl Camera {
         let queue = Arc::new(FrameQueue::new(QUEUE_LEN));
         let (snap_tx, snap_rx) = std::sync::mpsc::channel();
         let metrics = services.metrics.camera(&name);
+        let (tuning, tuning_rx) = watch::channel(CameraTuning::of(&config));
         let ctx = MediaContext {
             name: name.clone(),
             config: config.clone(),
@@ -114,6 +119,7 @@ impl Camera {
             metrics: metrics.clone(),
             status: status.clone(),
             snapshots: snap_rx,
+            tuning: tuning_rx.clone(),
         };
         std::thread::Builder::new().name(format!("media-{name}")).spawn(move || run_media(ctx))?;
         let supervisor = Supervisor {
@@ -125,14 +131,14 @@ impl Camera {
             metrics,
             rtsp: services.rtsp.clone(),
             decoder: config.decoder,
-            annotated_scale: config.annotated_scale,
+            tuning: tuning_rx,
             annotated_max_pixels: config.annotated_max_pixels,
             close_at_once: services.clustered,
         };
         let (active, active_rx) = watch::channel(active);
         let span = tracing::info_span!("camera", name = %name);
         tokio::spawn(supervise(Arc::new(supervisor), active_rx, cancel).instrument(span));
-        Ok(Arc::new(Camera { name, status, tracks, snapshots: snap_tx, active }))
+        Ok(Arc::new(Camera { name, status, tracks, snapshots: snap_tx, active, tuning }))
     }
 
     pub fn status(&self) -> CameraStatus {
@@ -160,6 +166,23 @@ impl Camera {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         true
+    }
+
+    /// The tunable settings in force (or on their way to the media thread).
+    pub fn tuning(&self) -> CameraTuning {
+        *self.tuning.borrow()
+    }
+
+    /// Changes what a running camera can change without a restart: the
+    /// classification rate and the annotated policy at the next access unit,
+    /// the annotated bitrate from the next encoded frame, its frame rate and
+    /// size at its next IDR. Viewers stay connected. `tuning` must be valid
+    /// (see [`CameraConfig::validate`]).
+    pub fn tune(&self, tuning: CameraTuning) {
+        let changed = self.tuning.send_if_modified(|t| std::mem::replace(t, tuning) != tuning);
+        if changed {
+            self.status.write().expect("status lock is never poisoned").set_tuning(&tuning);
+        }
     }
 
     /// Whether this node pulls the camera now.
@@ -252,7 +275,8 @@ struct Supervisor {
     metrics: CameraMetrics,
     rtsp: RtspConfig,
     decoder: DecoderKind,
-    annotated_scale: f32,
+    /// For `annotated_scale` when the stream's size is known from its SDP.
+    tuning: watch::Receiver<CameraTuning>,
     annotated_max_pixels: u32,
     close_at_once: bool,
 }
@@ -362,7 +386,8 @@ impl Supervisor {
         // Known from the SDP before the first picture: refuse WHEP for a too-large
         // annotated track at once (the media thread checks every new size again).
         if let (Some(w), Some(h)) = (info.width, info.height) {
-            let reason = annotate::refusal(self.annotated_scale, self.annotated_max_pixels, w, h);
+            let scale = self.tuning.borrow().annotated_scale;
+            let reason = annotate::refusal(scale, self.annotated_max_pixels, w, h);
             annotate::show_refusal(&self.name, &self.status, &self.metrics.annotated_refused, reason);
         }
         tracing::info!(url = %url, "connected");

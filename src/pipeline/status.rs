@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::analysis::AnalysisMode;
+use super::tuning::CameraTuning;
 use crate::codec::DecoderKind;
+use crate::config::EncodePolicy;
 
 /// Supervisor state of one camera.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -55,6 +57,14 @@ pub struct CameraStatus {
     pub fps: Option<f32>,
     /// Classifications per second the camera is configured for (`0` = every frame).
     pub classify_fps: f32,
+    /// `on_demand` or `always` (`PATCH /api/cameras/{name}` changes it and the three below).
+    pub encode_annotated: EncodePolicy,
+    /// Annotated track bitrate, bits per second.
+    pub annotated_bitrate_bps: u32,
+    /// Annotated track frame rate, frames per second (`null`: the camera's).
+    pub annotated_fps: Option<f32>,
+    /// Annotated track size relative to the camera's picture, `(0, 1]`.
+    pub annotated_scale: f32,
     /// Classifications per second currently achieved (lower when the machine is behind).
     pub classify_fps_effective: f32,
     pub reconnects: u64,
@@ -77,7 +87,7 @@ pub struct CameraStatus {
 }
 
 impl CameraStatus {
-    pub fn new(name: &str, url: &str, classify_fps: f32, decoder: DecoderKind) -> CameraStatus {
+    pub fn new(name: &str, url: &str, tuning: &CameraTuning, decoder: DecoderKind) -> CameraStatus {
         CameraStatus {
             name: name.into(),
             url: url.into(),
@@ -88,7 +98,11 @@ impl CameraStatus {
             width: None,
             height: None,
             fps: None,
-            classify_fps,
+            classify_fps: tuning.classify_fps,
+            encode_annotated: tuning.encode_annotated,
+            annotated_bitrate_bps: tuning.annotated_bitrate_bps,
+            annotated_fps: tuning.annotated_fps,
+            annotated_scale: tuning.annotated_scale,
             classify_fps_effective: 0.0,
             reconnects: 0,
             bframes: false,
@@ -98,6 +112,15 @@ impl CameraStatus {
             annotated_unavailable: None,
             bus: None,
         }
+    }
+
+    /// Shows the tunable settings in force.
+    pub fn set_tuning(&mut self, tuning: &CameraTuning) {
+        self.classify_fps = tuning.classify_fps;
+        self.encode_annotated = tuning.encode_annotated;
+        self.annotated_bitrate_bps = tuning.annotated_bitrate_bps;
+        self.annotated_fps = tuning.annotated_fps;
+        self.annotated_scale = tuning.annotated_scale;
     }
 
     /// Publishes every later state change on `bus`, starting with the current state.
