@@ -116,6 +116,8 @@ pub(super) struct Session {
 /// [`PACE_INTERVAL`], so no viewer's receive buffer gets a whole keyframe at
 /// once (a loopback or LAN receiver with a 208 KiB buffer overflows at ~90).
 pub const PACE_BURST: usize = 32;
+/// Most datagrams a closing session still sends (a keyframe or two, then its close).
+const CLOSE_DRAIN: usize = 1024;
 /// Time between a backlogged session's bursts.
 pub const PACE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -528,10 +530,18 @@ impl Session {
         Ok(())
     }
 
-    /// Closes the connection (DTLS close_notify goes out with the next service).
-    pub fn close(&mut self) {
+    /// Closes the connection and moves everything it still has to send into
+    /// `batch`, unpaced: the media queued before, the SCTP ABORT and the DTLS
+    /// close_notify last, so the viewer ends its session at once instead of
+    /// waiting for its consent checks to fail (at most [`CLOSE_DRAIN`] datagrams).
+    pub fn close(&mut self, batch: &mut Batch) {
         if let Err(e) = self.pc.close() {
             tracing::debug!(session = %self.id, "closing peer connection: {e}");
         }
+        for _ in 0..CLOSE_DRAIN {
+            let Some(msg) = self.pc.poll_write() else { return };
+            batch.push(msg.transport.peer_addr, msg.message);
+        }
+        tracing::debug!(session = %self.id, "closed with more than {CLOSE_DRAIN} datagrams unsent");
     }
 }

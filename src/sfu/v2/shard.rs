@@ -213,8 +213,7 @@ impl Shard {
                 }
                 ShardMsg::Remove { session, done } => {
                     if let Some(s) = sessions.get_mut(&session) {
-                        s.close();
-                        s.service(&mut self.batch);
+                        s.close(&mut self.batch);
                         self.flush().await;
                         if let Some(s) = sessions.remove(&session) {
                             self.forget(&s, &mut groups);
@@ -233,16 +232,14 @@ impl Shard {
             let over: Vec<String> = sessions.values().filter(|s| self.expired(s, now)).map(|s| s.id.clone()).collect();
             for id in over {
                 if let Some(mut s) = sessions.remove(&id) {
-                    s.close();
-                    s.service(&mut self.batch);
+                    s.close(&mut self.batch);
                     self.forget(&s, &mut groups);
                 }
             }
             self.flush().await;
         }
         for (_, mut s) in sessions.drain() {
-            s.close();
-            s.service(&mut self.batch);
+            s.close(&mut self.batch);
             self.routes.remove(&s.ufrag, &s.id);
             (self.ended)(&s);
         }
