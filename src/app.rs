@@ -135,6 +135,7 @@ pub async fn serve(
         rtsp: config.rtsp.clone(),
         bus,
         clustered: config.cluster.is_some(),
+        whip: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

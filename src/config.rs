@@ -305,7 +305,8 @@ impl LimitsConfig {
 pub struct CameraConfig {
     /// Unique name: letters, digits, `-` and `_` (used in URLs and metrics).
     pub name: String,
-    /// `rtsp://[user:pass@]host[:port]/path` or `file:/path/clip.h264`.
+    /// `rtsp://[user:pass@]host[:port]/path`, `file:/path/clip.h264`, or
+    /// `whip:` (a WebRTC publisher sends the video: `POST /whip/{name}`).
     /// `${VAR}` in a config file's URL is replaced by the environment variable
     /// `VAR` at load (credentials from a Kubernetes Secret, say); an unset
     /// variable stops start-up naming it.

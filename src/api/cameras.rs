@@ -17,7 +17,7 @@ use crate::pipeline::CameraView;
 /// Largest `POST`/`PATCH` body.
 const BODY_BYTES: usize = 16 * 1024;
 
-fn manage_error(e: ManageError) -> ApiError {
+pub(super) fn manage_error(e: ManageError) -> ApiError {
     let (status, code) = match &e {
         ManageError::Clustered => (StatusCode::CONFLICT, "clustered"),
         ManageError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_camera"),

@@ -14,6 +14,7 @@ mod snapshot;
 pub mod tls;
 mod viewer;
 mod whep;
+mod whip;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -114,6 +115,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
         .routes(routes!(openapi::document))
         .merge(whep::routes())
+        .merge(whip::routes())
         .merge(rooms::routes())
         .merge(label_offsets::routes())
         .merge(viewer::routes())

@@ -99,6 +99,8 @@ mod tests {
             "GET /api/labels/stream",
             "POST /whep/{camera}/{track}",
             "DELETE /whep/{camera}/{track}/{session}",
+            "POST /whip/{camera}",
+            "DELETE /whip/{camera}/{session}",
             "GET /api/openapi.json",
             "GET /",
         ] {

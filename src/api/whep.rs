@@ -19,7 +19,7 @@ use super::{ApiError, AppState, ErrorBody};
 use crate::hub::TrackKind;
 use crate::sfu::SfuError;
 
-const SDP: &str = "application/sdp";
+pub(super) const SDP: &str = "application/sdp";
 /// The media type of trickle ICE / ICE restart fragments (RFC 8840).
 const SDP_FRAGMENT: &str = "application/trickle-ice-sdpfrag";
 
@@ -50,7 +50,7 @@ fn track_kind(track: &str) -> Result<TrackKind, ApiError> {
     })
 }
 
-fn sfu_error(e: SfuError) -> ApiError {
+pub(super) fn sfu_error(e: SfuError) -> ApiError {
     match e {
         SfuError::MalformedOffer(m) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_sdp", m),
         SfuError::NotAcceptable(m) => ApiError::new(StatusCode::NOT_ACCEPTABLE, "no_h264", m),
@@ -229,7 +229,7 @@ fn to_owner(cluster: &crate::cluster::Cluster, camera: &str, kind: TrackKind, na
 
 /// `[webrtc] ice_servers` as `Link: <url>; rel="ice-server"` headers (WHIP/WHEP
 /// §4.4), so any WHEP player, not only our page, learns the STUN/TURN servers.
-fn ice_server_links(servers: &[crate::config::IceServer]) -> Vec<HeaderValue> {
+pub(super) fn ice_server_links(servers: &[crate::config::IceServer]) -> Vec<HeaderValue> {
     let quote = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
     let mut links = Vec::new();
     for server in servers {

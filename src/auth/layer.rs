@@ -59,7 +59,7 @@ pub(crate) enum Access {
     /// `/metrics`: `admin`, or any client on the loopback interface.
     AdminOrLoopback,
     /// Changing the cameras (`POST /api/cameras`, `DELETE`/`PATCH
-    /// /api/cameras/{name}`): `admin`.
+    /// /api/cameras/{name}`) and publishing (`/whip/...`): `admin`.
     Admin,
 }
 
@@ -77,6 +77,7 @@ pub(crate) fn access(method: &Method, path: &str) -> Access {
         ["api", "cameras", name, ..] => Access::View { camera: camera(Some(name)) },
         ["api", "labels", "stream"] => Access::View { camera: None },
         ["api", "labels", name] => Access::View { camera: camera(Some(name)) },
+        ["whip", ..] => Access::Admin,
         ["whep", name, ..] => Access::View { camera: camera(Some(name)) },
         _ => Access::View { camera: None },
     }
@@ -207,6 +208,9 @@ mod tests {
         assert_eq!(access(&Method::POST, "/api/cameras"), Access::Admin);
         assert_eq!(access(&Method::DELETE, "/api/cameras/door"), Access::Admin);
         assert_eq!(access(&Method::PATCH, "/api/cameras/door"), Access::Admin);
+        assert_eq!(access(&Method::POST, "/whip/door"), Access::Admin);
+        assert_eq!(access(&Method::DELETE, "/whip/door/abc"), Access::Admin);
+        assert_eq!(access(&Method::OPTIONS, "/whip/door"), Access::Public);
         assert_eq!(access(&Method::POST, "/api/cameras/door/chat"), Access::View { camera: Some("door".into()) });
     }
 

@@ -7,8 +7,9 @@ use url::Url;
 
 use super::IngestError;
 
-/// A parsed camera URL: `rtsp://[user:pass@]host[:port]/path` or `file:PATH`
-/// (an H.264 Annex B file replayed in a loop, like the demo camera).
+/// A parsed camera URL: `rtsp://[user:pass@]host[:port]/path`, `file:PATH`
+/// (an H.264 Annex B file replayed in a loop, like the demo camera) or
+/// `whip:` (a WebRTC publisher POSTs to `/whip/{camera}`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CameraUrl {
     /// The URL without user info.
@@ -30,9 +31,12 @@ impl CameraUrl {
                 }
             }
             "file" => {}
+            "whip" if url.path().is_empty() && url.query().is_none() => {}
+            "whip" => return Err(IngestError::BadUrl("a WHIP camera's url is just `whip:`".into())),
             other => {
                 return Err(IngestError::BadUrl(format!(
-                    "unsupported scheme `{other}:`; use rtsp://host/path (RTSP over TCP) or file:/path/clip.h264"
+                    "unsupported scheme `{other}:`; use rtsp://host/path (RTSP over TCP), file:/path/clip.h264 \
+                     or whip: (published to /whip/<camera>)"
                 )));
             }
         }
@@ -69,6 +73,11 @@ impl CameraUrl {
 
     pub fn is_rtsp(&self) -> bool {
         self.url.scheme() == "rtsp"
+    }
+
+    /// A camera published with WHIP (`whip:`).
+    pub fn is_whip(&self) -> bool {
+        self.url.scheme() == "whip"
     }
 
     /// The redacted form: `rtsp://***@host/path` when credentials were given,
@@ -196,6 +205,10 @@ mod tests {
         assert!(CameraUrl::parse("rtsp:///path").is_err());
         let f = CameraUrl::parse("file:assets/demo/clip.h264").unwrap();
         assert_eq!(f.file_path(), Some(std::path::Path::new("assets/demo/clip.h264")));
+        let w = CameraUrl::parse("whip:").unwrap();
+        assert!(w.is_whip() && !w.is_rtsp());
+        assert_eq!(w.redacted(), "whip:");
+        assert!(CameraUrl::parse("whip:elsewhere").is_err());
         let f = CameraUrl::parse("file:///tmp/a%20b.h264").unwrap();
         assert_eq!(f.file_path(), Some(std::path::Path::new("/tmp/a b.h264")));
     }

@@ -1,12 +1,15 @@
-//! Where access units come from: RTSP cameras ([`rtsp`]) and the built-in demo
-//! camera that replays an H.264 file in real time ([`replay`]).
+//! Where access units come from: RTSP cameras ([`rtsp`]), WebRTC publishers
+//! (WHIP, [`whip`]) and the built-in demo camera that replays an H.264 file
+//! in real time ([`replay`]).
 //!
 //! A source yields [`AccessUnit`]s in Annex B with SPS/PPS before each IDR; it
 //! knows nothing of decoding, inference or viewers.
 
 pub mod camera_url;
 pub mod replay;
+pub mod rtp_h264;
 pub mod rtsp;
+pub mod whip;
 
 use std::time::Duration;
 
@@ -51,6 +54,10 @@ pub enum IngestError {
     Stream(String),
     #[error("access unit of {bytes} bytes is over rtsp.max_access_unit_bytes = {limit}: dropped, reconnecting")]
     AccessUnitTooLarge { bytes: usize, limit: usize },
+    #[error("no WHIP publisher within {} s: POST an SDP offer to /whip/<camera>", .after.as_secs())]
+    NoPublisher { after: Duration },
+    #[error("the WHIP publisher left (its session was deleted or its connection ended)")]
+    PublisherLeft,
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
 }
@@ -65,6 +72,7 @@ impl IngestError {
                 | IngestError::UnsupportedCodec(_)
                 | IngestError::Unauthorized
                 | IngestError::NotFound
+                | IngestError::NoPublisher { .. }
         )
     }
 }
@@ -73,6 +81,7 @@ impl IngestError {
 pub enum Source {
     Rtsp(rtsp::RtspSession),
     Replay(replay::ReplaySession),
+    Whip(whip::WhipSession),
 }
 
 impl Source {
@@ -82,6 +91,7 @@ impl Source {
         match self {
             Source::Rtsp(s) => s.next().await,
             Source::Replay(s) => s.next().await,
+            Source::Whip(s) => s.next().await,
         }
     }
 
@@ -89,6 +99,7 @@ impl Source {
         match self {
             Source::Rtsp(s) => s.info(),
             Source::Replay(s) => s.info(),
+            Source::Whip(s) => s.info(),
         }
     }
 }

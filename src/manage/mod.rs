@@ -64,6 +64,9 @@ struct Running {
     camera: Arc<Camera>,
     config: CameraConfig,
     cancel: CancellationToken,
+    /// Started by a WHIP publisher ([`Cameras::add_published`]): not saved,
+    /// not in the config, left alone by a reload.
+    published: bool,
 }
 
 /// The changes' own state, held across one change at a time.
@@ -132,6 +135,11 @@ impl Cameras {
         Ok(cameras)
     }
 
+    /// The publishers of `whip:` cameras.
+    pub fn whip(&self) -> &Arc<crate::ingest::whip::WhipFeeds> {
+        &self.services.whip
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Camera>> {
         self.read().get(name).map(|r| r.camera.clone())
     }
@@ -179,6 +187,44 @@ impl Cameras {
         changes.state.add(config);
         self.save(&changes.state)?;
         Ok(camera)
+    }
+
+    /// Starts `whip:` camera `name` for a publisher (`POST /whip/{name}` of a
+    /// camera that does not exist), with the default settings. Not saved: it
+    /// goes with [`Cameras::remove_published`] (its publisher's `DELETE`) or
+    /// a restart. Errors: cluster mode, an invalid name, too many cameras.
+    pub async fn add_published(&self, name: &str) -> Result<Arc<Camera>, ManageError> {
+        if self.clustered {
+            return Err(ManageError::Clustered);
+        }
+        let config: CameraConfig = serde_json::from_value(serde_json::json!({ "name": name, "url": "whip:" }))
+            .map_err(|e| ManageError::Invalid(e.to_string()))?;
+        config.validate().map_err(ManageError::Invalid)?;
+        let _changes = self.changes.lock().await;
+        if let Some(camera) = self.get(name) {
+            return Ok(camera);
+        }
+        if self.len() >= self.max {
+            return Err(ManageError::TooMany { max: self.max });
+        }
+        let camera = self.spawn_as(config, true)?;
+        tracing::info!(camera = name, "camera added for a WHIP publisher");
+        Ok(camera)
+    }
+
+    /// Whether `name` was started by [`Cameras::add_published`].
+    pub fn is_published(&self, name: &str) -> bool {
+        self.read().get(name).is_some_and(|r| r.published)
+    }
+
+    /// Stops camera `name` if [`Cameras::add_published`] started it; false otherwise.
+    pub async fn remove_published(&self, name: &str) -> bool {
+        let _changes = self.changes.lock().await;
+        if !self.is_published(name) {
+            return false;
+        }
+        tracing::info!(camera = name, "camera of a WHIP publisher removed");
+        self.stop(name).await
     }
 
     /// Stops camera `name` (its viewer sessions end first) and saves the change.
@@ -252,7 +298,9 @@ impl Cameras {
         let current: BTreeMap<String, CameraConfig> =
             self.read().iter().map(|(n, r)| (n.clone(), r.config.clone())).collect();
         let mut done = Reloaded::default();
-        for name in current.keys().filter(|n| !wanted.iter().any(|c| &c.name == *n)) {
+        let published: Vec<String> = self.read().iter().filter(|(_, r)| r.published).map(|(n, _)| n.clone()).collect();
+        let stays = |n: &String| published.contains(n) || wanted.iter().any(|c| &c.name == n);
+        for name in current.keys().filter(|n| !stays(n)) {
             self.stop(name).await;
             done.removed.push(name.clone());
         }
@@ -286,11 +334,15 @@ impl Cameras {
     }
 
     fn spawn(&self, config: CameraConfig) -> Result<Arc<Camera>, ManageError> {
+        self.spawn_as(config, false)
+    }
+
+    fn spawn_as(&self, config: CameraConfig, published: bool) -> Result<Arc<Camera>, ManageError> {
         let name = config.name.clone();
         let cancel = self.cancel.child_token();
         let camera = Camera::spawn_with(config.clone(), &self.services, !self.clustered, cancel.clone())
             .map_err(|e| ManageError::Start { name: name.clone(), reason: e.to_string() })?;
-        let running = Running { camera: camera.clone(), config, cancel };
+        let running = Running { camera: camera.clone(), config, cancel, published };
         self.running.write().expect("cameras lock is never poisoned").insert(name, running);
         Ok(camera)
     }
@@ -308,6 +360,7 @@ impl Cameras {
         }
         self.services.hub.remove(name);
         self.services.labels.forget(name);
+        self.services.whip.forget(name);
         true
     }
 

@@ -41,6 +41,9 @@ const QUEUE_LEN: usize = 8;
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frame rate of replayed files (the demo clip is 25 fps).
 const REPLAY_FPS: f32 = 25.0;
+/// How long a `whip:` camera waits for a publisher (after start, or after
+/// its publisher left) before it turns `failed`; it waits on after that.
+pub const WHIP_PUBLISHER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared services every camera uses.
 #[derive(Clone)]
@@ -55,6 +58,8 @@ pub struct Services {
     /// `[cluster]`: a camera may be handed to another node, so its sessions
     /// close their connection at once when they end.
     pub clustered: bool,
+    /// The publishers of `whip:` cameras.
+    pub whip: Arc<crate::ingest::whip::WhipFeeds>,
 }
 
 /// Why a snapshot could not be taken.
@@ -134,6 +139,7 @@ impl Camera {
             tuning: tuning_rx,
             annotated_max_pixels: config.annotated_max_pixels,
             close_at_once: services.clustered,
+            whip: services.whip.clone(),
         };
         let (active, active_rx) = watch::channel(active);
         let span = tracing::info_span!("camera", name = %name);
@@ -279,6 +285,7 @@ struct Supervisor {
     tuning: watch::Receiver<CameraTuning>,
     annotated_max_pixels: u32,
     close_at_once: bool,
+    whip: Arc<crate::ingest::whip::WhipFeeds>,
 }
 
 /// Resolves once `active` reads `want` (never, if its sender is gone).
@@ -319,7 +326,13 @@ impl Supervisor {
                 backoff.reset();
             }
             let permanent = error.is_permanent();
-            let delay = if permanent { Duration::from_millis(self.rtsp.backoff_max_ms) } else { backoff.next_delay() };
+            let delay = if self.url.as_ref().is_ok_and(CameraUrl::is_whip) {
+                Duration::ZERO // waiting for the next publisher is the back-off
+            } else if permanent {
+                Duration::from_millis(self.rtsp.backoff_max_ms)
+            } else {
+                backoff.next_delay()
+            };
             // Errors from the RTSP client may quote the URL: never with its secrets.
             let message = match &self.url {
                 Ok(url) => url.scrub(&error.to_string()),
@@ -366,6 +379,13 @@ impl Supervisor {
                 close_at_once: self.close_at_once,
             };
             Source::Rtsp(RtspSession::connect(url, &options).await?)
+        } else if url.is_whip() {
+            // A camera that has failed for want of a publisher waits on without a limit.
+            let failed = self.status.read().expect("status lock is never poisoned").state == CameraState::Failed;
+            let within = (!failed).then_some(WHIP_PUBLISHER_TIMEOUT);
+            let frame_timeout = Duration::from_millis(self.rtsp.frame_timeout_ms);
+            let max_bytes = usize::try_from(self.rtsp.max_access_unit_bytes).unwrap_or(usize::MAX);
+            Source::Whip(self.whip.wait(&self.name, within, frame_timeout, max_bytes).await?)
         } else {
             let path = url.file_path().ok_or_else(|| IngestError::BadUrl("file URL without a path".into()))?;
             Source::Replay(ReplaySession::open(&find_in_roots(path), REPLAY_FPS)?)

@@ -13,6 +13,7 @@ pub mod process;
 pub mod rtsp;
 pub mod service;
 pub mod whep_client;
+pub mod whip_client;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
