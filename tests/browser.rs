@@ -397,3 +397,69 @@ fn check_burned_in(burned: &serde_json::Value, scenes: &serde_json::Value, inter
     assert!(ambiguous <= checked / 10, "burned-in labels read with a small margin: {figures}");
     figures
 }
+
+/// Publishing from the page (`tests/browser/publish.mjs`): Chromium's fake
+/// camera plays a real photo (coffee.png, an espresso to the model) as a
+/// Y4M file; the page, logged in with an admin token, publishes it over WHIP
+/// as camera `webcam`; the camera streams H.264 from the browser, its labels
+/// are the photo's class, and the page's own tile draws them on its frames;
+/// stopping removes the camera.
+#[test]
+fn publishing_from_the_page_in_chromium() {
+    require_browser_tools();
+    if !netns::isolated("publishing_from_the_page_in_chromium") {
+        return;
+    }
+    const ADMIN: &str = "admin-token-for-the-publish-test-01";
+    let dir = common::scratch_dir("publish");
+    let y4m = dir.join("coffee-640x480.y4m");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-loop", "1", "-i"])
+        .arg(common::skimage_photo("coffee.png"))
+        .args(["-vf", "scale=640:480,format=yuv420p", "-r", "15", "-t", "1"])
+        .arg(&y4m)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(made.success(), "ffmpeg made the fake camera's Y4M file");
+    use sha2::Digest as _;
+    let digest: String = sha2::Sha256::digest(ADMIN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let config = dir.join("publish.toml");
+    std::fs::write(
+        &config,
+        format!("[auth]\n[[auth.tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{digest}\"\n"),
+    )
+    .unwrap();
+    let app = Infercast::start(&["--config", config.to_str().unwrap()]);
+    let artifacts = common::repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = Command::new("node")
+        .arg(browser_dir().join("publish.mjs"))
+        .arg(&app.base)
+        .arg(ADMIN)
+        .arg(&y4m)
+        .arg(&artifacts)
+        .current_dir(browser_dir())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let published = events.iter().find(|e| e["event"] == "published");
+    let stopped = events.iter().find(|e| e["event"] == "stopped");
+    assert!(
+        out.status.success() && published.is_some() && stopped.is_some(),
+        "publish.mjs: {stdout}\nlog:\n{}",
+        app.log()
+    );
+    let published = published.unwrap();
+    eprintln!("published from the page: {published}");
+    assert_eq!(published["codec"], "H.264");
+    let espresso = |l: &serde_json::Value| l.as_str().is_some_and(|s| s == "espresso");
+    let labels = published["labels"].as_array().unwrap();
+    assert!(!labels.is_empty() && labels.iter().all(espresso), "the API's labels of the webcam: {labels:?}");
+    let drawn = published["drawn"].as_array().unwrap();
+    assert!(drawn.iter().all(espresso), "labels the page drew on its own video: {drawn:?}");
+    assert!(published["video"]["width"].as_u64().unwrap() > 0, "{published}");
+    assert!(artifacts.join("publish.png").is_file(), "screenshot");
+}

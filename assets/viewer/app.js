@@ -4,6 +4,7 @@
 
 import { AuthError, getJson, hasToken, login, watchLabels } from './api.js';
 import { ChatPanel } from './chat.js';
+import { Publisher } from './publish.js';
 import { Tile } from './tile.js';
 
 const POLL_MS = 2000;
@@ -108,6 +109,39 @@ loginForm.addEventListener('submit', async (e) => {
     error.textContent = err instanceof AuthError ? 'That token was not accepted.' : err.message;
   }
 });
+
+// Publishing this browser's camera (WHIP): the form's button starts and stops it.
+const publishForm = document.getElementById('publish');
+const publishStatus = publishForm.querySelector('.publish-status');
+let publisher = null;
+publishForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const button = publishForm.querySelector('button');
+  const input = publishForm.querySelector('input');
+  if (publisher?.publishing) {
+    publisher.stop();
+    publisher = null;
+    publishStatus.textContent = '';
+    button.textContent = 'Publish my camera';
+    input.disabled = false;
+    return;
+  }
+  button.disabled = true;
+  publishStatus.textContent = 'starting…';
+  try {
+    publisher = new Publisher(iceServers);
+    await publisher.start(input.value.trim());
+    publishStatus.textContent = `publishing as ${publisher.camera}`;
+    button.textContent = 'Stop publishing';
+    input.disabled = true;
+  } catch (err) {
+    publisher = null;
+    publishStatus.textContent = `not published: ${err.message}`;
+  } finally {
+    button.disabled = false;
+  }
+});
+addEventListener('pagehide', () => publisher?.stop());
 
 /** The label stream is open (it survives a re-login: it rides on the cookie). */
 let labelsWatched = false;

@@ -23,6 +23,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("stats.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/stats.js")),
     ("whep.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/whep.js")),
     ("chat.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/chat.js")),
+    ("publish.js", "text/javascript; charset=utf-8", include_str!("../../assets/viewer/publish.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../../assets/viewer/style.css")),
 ];
 

@@ -197,8 +197,7 @@ impl Cameras {
         if self.clustered {
             return Err(ManageError::Clustered);
         }
-        let config: CameraConfig = serde_json::from_value(serde_json::json!({ "name": name, "url": "whip:" }))
-            .map_err(|e| ManageError::Invalid(e.to_string()))?;
+        let config = CameraConfig::new(name, "whip:");
         config.validate().map_err(ManageError::Invalid)?;
         let _changes = self.changes.lock().await;
         if let Some(camera) = self.get(name) {

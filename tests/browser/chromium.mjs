@@ -49,10 +49,11 @@ async function playwrightDisableFeatures() {
 
 /**
  * A browser context in a fresh profile with the merged `--disable-features`
- * (checked: throws if the running browser has another). Returns
+ * (checked: throws if the running browser has another) and `extraArgs`
+ * (e.g. a fake camera). Returns
  * `{ context, disableFeatures, close }`; `close()` also removes the profile.
  */
-export async function launch({ viewport = { width: 1280, height: 400 } } = {}) {
+export async function launch({ viewport = { width: 1280, height: 400 }, extraArgs = [] } = {}) {
   const playwrightFlags = await playwrightDisableFeatures();
   const features = playwrightFlags.flatMap((f) => f.slice('--disable-features='.length).split(','));
   const merged = `--disable-features=${[...new Set([...features, ...OUR_DISABLED_FEATURES])].join(',')}`;
@@ -67,7 +68,7 @@ export async function launch({ viewport = { width: 1280, height: 400 } } = {}) {
       executablePath: CHROMIUM,
       headless: true,
       ignoreDefaultArgs: playwrightFlags, // replaced by the merged one
-      args: [...ARGS, merged],
+      args: [...ARGS, ...extraArgs, merged],
       viewport,
       timeout: 30_000,
     });
