@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::rtp_h264::Depacketizer;
 use super::{IngestError, StreamInfo};
+use crate::hub::CameraTracks;
 use crate::media::AccessUnit;
 use crate::sfu::PublisherLink;
 
@@ -107,6 +108,7 @@ impl WhipFeeds {
     pub async fn wait(
         &self,
         camera: &str,
+        tracks: Arc<CameraTracks>,
         within: Option<Duration>,
         frame_timeout: Duration,
         max_access_unit_bytes: usize,
@@ -119,7 +121,7 @@ impl WhipFeeds {
             let feed =
                 self.slots.lock().expect("whip lock is never poisoned").get_mut(camera).and_then(|s| s.waiting.take());
             if let Some(feed) = feed.filter(|f| !f.ended.is_cancelled()) {
-                return Ok(WhipSession::new(feed, frame_timeout, max_access_unit_bytes));
+                return Ok(WhipSession::new(feed, tracks, frame_timeout, max_access_unit_bytes));
             }
             match deadline {
                 Some(d) => {
@@ -137,6 +139,9 @@ impl WhipFeeds {
 /// the publisher's session.
 pub struct WhipSession {
     feed: Feed,
+    /// Its raw track's keyframe requests (a viewer with no cached GOP, the
+    /// decoder after an error, analysis switching to every frame) become PLIs.
+    tracks: Arc<CameraTracks>,
     depacketizer: Depacketizer,
     info: StreamInfo,
     frame_timeout: Duration,
@@ -153,10 +158,16 @@ impl Drop for WhipSession {
 }
 
 impl WhipSession {
-    fn new(feed: Feed, frame_timeout: Duration, max_access_unit_bytes: usize) -> WhipSession {
+    fn new(
+        feed: Feed,
+        tracks: Arc<CameraTracks>,
+        frame_timeout: Duration,
+        max_access_unit_bytes: usize,
+    ) -> WhipSession {
         feed.keyframe_wanted.notify_one(); // start at once, not at the publisher's next IDR
         WhipSession {
             feed,
+            tracks,
             depacketizer: Depacketizer::new(max_access_unit_bytes),
             info: StreamInfo { codec: "H.264".into(), ..StreamInfo::default() },
             frame_timeout,
@@ -195,7 +206,7 @@ impl WhipSession {
             let h = &packet.header;
             self.depacketizer.push(h.sequence_number, h.timestamp, h.marker, &packet.payload);
             let now = Instant::now();
-            if self.depacketizer.take_loss() {
+            if self.depacketizer.take_loss() | self.tracks.raw.take_keyframe_request() {
                 self.ask(now);
             }
             self.ask_for_keyframe_if_due(now);
@@ -215,5 +226,50 @@ impl WhipSession {
             self.asked_at = Some(now);
             self.feed.keyframe_wanted.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(sequence_number: u16, timestamp: u32, payload: &[u8]) -> rtc::rtp::Packet {
+        let header =
+            rtc::rtp::header::Header { version: 2, marker: true, sequence_number, timestamp, ..Default::default() };
+        rtc::rtp::Packet { header, payload: Bytes::copy_from_slice(payload) }
+    }
+
+    async fn asked(link: &PublisherLink) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), link.keyframe_wanted.notified()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_publisher_feeds_its_camera_and_is_asked_for_keyframes() {
+        let feeds = WhipFeeds::default();
+        let tracks = crate::hub::Hub::default().camera("cam");
+        let none = feeds.wait("cam", tracks.clone(), Some(Duration::from_millis(50)), Duration::from_secs(5), 1 << 20);
+        assert!(matches!(none.await.err(), Some(IngestError::NoPublisher { .. })));
+        let (id, link) = feeds.publish("cam").expect("first publisher");
+        assert!(feeds.publish("cam").is_err(), "one publisher per camera");
+        let wait = feeds.wait("cam", tracks.clone(), Some(Duration::from_secs(1)), Duration::from_secs(5), 1 << 20);
+        let mut session = wait.await.expect("the publisher's feed");
+        assert!(asked(&link).await, "a PLI at the start");
+        // STAP-A with SPS, PPS and an IDR slice, then a P slice.
+        let idr = [0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce, 0, 2, 0x65, 0x88];
+        link.packets.send(packet(7, 1000, &idr)).await.expect("queued");
+        let key = session.next().await.expect("the IDR");
+        assert!(key.keyframe && key.data.starts_with(&[0, 0, 0, 1, 0x67]), "{:?}", key.data);
+        // The pipeline asks for a keyframe on the raw track (past the 500 ms between PLIs).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        tracks.raw.request_keyframe();
+        link.packets.send(packet(8, 4600, &[0x41, 0x9a])).await.expect("queued");
+        let p = session.next().await.expect("the P slice");
+        assert_eq!((p.keyframe, p.pts_90k - key.pts_90k), (false, 3600));
+        assert!(asked(&link).await, "the raw track's keyframe request became a PLI");
+        assert!(feeds.end("cam", &id));
+        assert!(matches!(session.next().await.err(), Some(IngestError::PublisherLeft)));
+        assert!(!feeds.is_publishing("cam"));
+        assert!(link.ended.is_cancelled());
+        assert!(feeds.publish("cam").is_ok(), "a new publisher after the old one ended");
     }
 }

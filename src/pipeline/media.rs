@@ -110,6 +110,10 @@ pub fn run(ctx: &MediaContext, mut recovering: bool) {
         let refused = ctx.status.read().expect("status lock is never poisoned").annotated_unavailable.is_some();
         let needs_every_frame = encoder.is_some() || (annotated_wanted(ctx, &tuning) && !refused);
         let admit = dec.gate.admit(&au, needs_every_frame);
+        if needs_every_frame && dec.gate.mode() == AnalysisMode::Keyframes {
+            // Every frame from the next keyframe on: a WHIP publisher is asked for it now.
+            ctx.tracks.raw.request_keyframe();
+        }
         if au.keyframe {
             show_mode(ctx, &dec.gate, &pacer); // once per GOP
         }
@@ -290,6 +294,10 @@ fn decode(ctx: &MediaContext, dec: &mut DecodeState, au: &AccessUnit, alone: boo
         ctx.metrics.stage(Stage::Decode, ms_since(t));
         ctx.metrics.decoded.inc_by(dec.frames.len() as u64);
         dec.health.decoded += dec.frames.len() as u32;
+    }
+    if waiting > 0 || result.is_err() {
+        // A source that can be asked for an IDR (a WHIP publisher) is.
+        ctx.tracks.raw.request_keyframe();
     }
     if waiting > 0 {
         ctx.metrics.dropped("waiting_for_keyframe", waiting);

@@ -385,7 +385,7 @@ impl Supervisor {
             let within = (!failed).then_some(WHIP_PUBLISHER_TIMEOUT);
             let frame_timeout = Duration::from_millis(self.rtsp.frame_timeout_ms);
             let max_bytes = usize::try_from(self.rtsp.max_access_unit_bytes).unwrap_or(usize::MAX);
-            Source::Whip(self.whip.wait(&self.name, within, frame_timeout, max_bytes).await?)
+            Source::Whip(self.whip.wait(&self.name, self.tracks.clone(), within, frame_timeout, max_bytes).await?)
         } else {
             let path = url.file_path().ok_or_else(|| IngestError::BadUrl("file URL without a path".into()))?;
             Source::Replay(ReplaySession::open(&find_in_roots(path), REPLAY_FPS)?)

@@ -601,7 +601,8 @@ impl Session {
         let tracks = self.tracks.clone();
         let track = tracks.track(self.kind);
         let mut sub = track.subscribe();
-        if self.kind == TrackKind::Annotated && sub.gop.is_empty() {
+        if sub.gop.is_empty() {
+            // The annotated encoder, or a source that can be asked (a WHIP publisher), sends one.
             track.request_keyframe();
         }
         let mut queue: VecDeque<AccessUnit> = std::mem::take(&mut sub.gop).into();
@@ -657,7 +658,9 @@ impl Session {
                                     let mut fresh = track.subscribe();
                                     let bytes: usize = fresh.gop.iter().map(|au| au.data.len()).sum();
                                     if fresh.gop.is_empty() {
-                                        // Nothing cached yet: the camera's first IDR is on its way.
+                                        // Nothing cached yet: a WHIP publisher is asked for an IDR
+                                        // (an RTSP camera cannot be; its next one is on its way).
+                                        track.request_keyframe();
                                     } else if self.resend.try_take(bytes) {
                                         self.metrics.gop_resent.inc();
                                         queue = std::mem::take(&mut fresh.gop).into();

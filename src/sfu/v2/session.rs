@@ -348,9 +348,8 @@ impl Session {
         let track = self.tracks.track(self.kind);
         let gop = track.gop();
         if gop.is_empty() {
-            if self.kind == TrackKind::Annotated {
-                track.request_keyframe();
-            }
+            // The annotated encoder, or a source that can be asked (a WHIP publisher), sends one.
+            track.request_keyframe();
             return;
         }
         for au in &gop {
@@ -372,6 +371,7 @@ impl Session {
             TrackKind::Raw => {
                 let gop = track.gop();
                 if gop.is_empty() {
+                    track.request_keyframe(); // a WHIP publisher gets a PLI; an RTSP camera cannot be asked
                     return;
                 }
                 // Within the budget all sessions share ([limits] gop_resend_bps).
