@@ -296,31 +296,12 @@ impl Sfu {
             self.metrics.as_ref().map_or_else(SessionMetrics::unregistered, |m| m.session(camera, kind));
         let registry =
             registry.with(Slot::from(14_000), rtcp::KeyframeRequestForwarder::new(session_metrics.nacks.clone()));
-        // Answer as the DTLS client: the viewer (DTLS server) then finishes its
-        // handshake before we do, so it can decrypt the very first packets (the
-        // cached GOP's keyframe). As DTLS server we would start sending while the
-        // viewer still waits for our Finished, and it lost the keyframe now and then.
-        let settings = SettingEngineBuilder::new()
-            .with_answering_dtls_role(RTCDtlsRole::Client)
-            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .with_network_types(vec![NetworkType::Udp4])
-            .with_include_loopback_candidate(true);
         let port = self.ports.lease(&self.config.udp_ips).map_err(SfuError::WebRtc)?;
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (labels_tx, labels_rx) = watch::channel(None);
         let handler = Arc::new(Events { gathered: gathered_tx, state: state_tx, labels_channel: Arc::new(labels_tx) });
-        let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media_engine)
-            .with_setting_engine(settings.build())
-            .with_interceptor_registry(registry)
-            .with_handler(handler)
-            .with_udp_addrs(port.addrs(&self.config.udp_ips))
-            .build()
-            .await
-            .map_err(webrtc_err)?;
-        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let pc = self.peer_connection(media_engine, registry, handler, &port).await?;
 
         let ssrc = rand::random::<u32>();
         let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -336,25 +317,14 @@ impl Sfu {
         )));
         let negotiate = async {
             let sender = pc.add_track(local.clone() as Arc<dyn TrackLocal>).await.map_err(webrtc_err)?;
-            pc.set_remote_description(offer)
-                .await
-                .map_err(|e| SfuError::MalformedOffer(format!("offer rejected: {e}")))?;
-            let answer = pc.create_answer(None).await.map_err(webrtc_err)?;
-            pc.set_local_description(answer).await.map_err(webrtc_err)?;
-            if tokio::time::timeout(self.config.gather_timeout, gathered_rx.wait_for(|g| *g)).await.is_err() {
-                tracing::warn!(
-                    "ICE gathering not complete after {:?}; answering with what there is",
-                    self.config.gather_timeout
-                );
-            }
-            let answer = pc.local_description().await.ok_or_else(|| webrtc_err("no local description"))?;
+            let answer = self.answer(&pc, offer, &mut gathered_rx).await?;
             let payload_type = sender
                 .get_parameters()
                 .await
                 .ok()
                 .and_then(|p| p.rtp_parameters.codecs.first().map(|c| c.payload_type))
                 .unwrap_or(chosen.payload_type);
-            Ok::<_, SfuError>((candidates::rewrite_candidates(&answer.sdp, &self.config.public_ips), payload_type))
+            Ok::<_, SfuError>((answer, payload_type))
         };
         // Set-up runs in its own task (`create_session`), so this is never cut
         // short: a failure closes the connection before its port is freed.
@@ -420,6 +390,60 @@ impl Sfu {
             tracing::info!(camera, track = kind.as_str(), session = %id, "WebRTC viewer session ended");
         });
         Ok(CreatedSession { id, answer_sdp, etag })
+    }
+
+    /// A peer connection for one session (a viewer's or a publisher's) on
+    /// `port`, with its codecs, interceptors and event handler.
+    async fn peer_connection(
+        &self,
+        media_engine: MediaEngine,
+        registry: Registry,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+        port: &ports::PortLease,
+    ) -> Result<Arc<dyn PeerConnection>, SfuError> {
+        // Answer as the DTLS client: the viewer (DTLS server) then finishes its
+        // handshake before we do, so it can decrypt the very first packets (the
+        // cached GOP's keyframe). As DTLS server we would start sending while the
+        // viewer still waits for our Finished, and it lost the keyframe now and then.
+        let settings = SettingEngineBuilder::new()
+            .with_answering_dtls_role(RTCDtlsRole::Client)
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_network_types(vec![NetworkType::Udp4])
+            .with_include_loopback_candidate(true);
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_setting_engine(settings.build())
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(port.addrs(&self.config.udp_ips))
+            .build()
+            .await
+            .map_err(webrtc_err)?;
+        Ok(Arc::new(pc))
+    }
+
+    /// Applies `offer` to `pc` and answers it, non-trickle: waits (at most
+    /// `gather_timeout`) for ICE gathering, then returns the answer's SDP with
+    /// every candidate (and the public IPs). A rejected offer is a
+    /// [`SfuError::MalformedOffer`].
+    async fn answer(
+        &self,
+        pc: &Arc<dyn PeerConnection>,
+        offer: rtc::peer_connection::sdp::RTCSessionDescription,
+        gathered: &mut watch::Receiver<bool>,
+    ) -> Result<String, SfuError> {
+        pc.set_remote_description(offer).await.map_err(|e| SfuError::MalformedOffer(format!("offer rejected: {e}")))?;
+        let answer = pc.create_answer(None).await.map_err(webrtc_err)?;
+        pc.set_local_description(answer).await.map_err(webrtc_err)?;
+        if tokio::time::timeout(self.config.gather_timeout, gathered.wait_for(|g| *g)).await.is_err() {
+            tracing::warn!(
+                "ICE gathering not complete after {:?}; answering with what there is",
+                self.config.gather_timeout
+            );
+        }
+        let answer = pc.local_description().await.ok_or_else(|| webrtc_err("no local description"))?;
+        Ok(candidates::rewrite_candidates(&answer.sdp, &self.config.public_ips))
     }
 
     /// Ends session `id` of `camera`'s `kind` track: closes its peer connection

@@ -9,10 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtc::ice::mdns::MulticastDnsMode;
-use rtc::ice::network_type::NetworkType;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
-use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
@@ -20,13 +17,13 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCPeerConnectionState, Registry, SettingEngineBuilder, register_default_interceptors,
+    MediaEngine, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState, Registry,
+    register_default_interceptors,
 };
 
 use rtc::peer_connection::sdp::RTCSessionDescription;
 
-use super::{ChosenCodec, Sfu, SfuError, candidates, check_offer, gone, is_over, webrtc_err};
+use super::{ChosenCodec, Sfu, SfuError, check_offer, gone, is_over, webrtc_err};
 
 /// What ties a publisher's peer connection to the camera it feeds.
 pub struct PublisherLink {
@@ -126,27 +123,12 @@ impl Sfu {
             )
             .map_err(webrtc_err)?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err)?;
-        let settings = SettingEngineBuilder::new()
-            .with_answering_dtls_role(RTCDtlsRole::Client)
-            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .with_network_types(vec![NetworkType::Udp4])
-            .with_include_loopback_candidate(true);
         let port = self.ports.lease(&self.config.udp_ips).map_err(SfuError::WebRtc)?;
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (track_tx, track_rx) = watch::channel(None);
         let handler = Arc::new(Events { gathered: gathered_tx, state: state_tx, track: track_tx });
-        let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media_engine)
-            .with_setting_engine(settings.build())
-            .with_interceptor_registry(registry)
-            .with_handler(handler)
-            .with_udp_addrs(port.addrs(&self.config.udp_ips))
-            .build()
-            .await
-            .map_err(webrtc_err)?;
-        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let pc = self.peer_connection(media_engine, registry, handler, &port).await?;
         let negotiate = async {
             pc.add_transceiver_from_kind(
                 RtpCodecKind::Video,
@@ -154,19 +136,7 @@ impl Sfu {
             )
             .await
             .map_err(webrtc_err)?;
-            pc.set_remote_description(offer)
-                .await
-                .map_err(|e| SfuError::MalformedOffer(format!("offer rejected: {e}")))?;
-            let answer = pc.create_answer(None).await.map_err(webrtc_err)?;
-            pc.set_local_description(answer).await.map_err(webrtc_err)?;
-            if tokio::time::timeout(self.config.gather_timeout, gathered_rx.wait_for(|g| *g)).await.is_err() {
-                tracing::warn!(
-                    "ICE gathering not complete after {:?}; answering with what there is",
-                    self.config.gather_timeout
-                );
-            }
-            let answer = pc.local_description().await.ok_or_else(|| webrtc_err("no local description"))?;
-            Ok::<_, SfuError>(candidates::rewrite_candidates(&answer.sdp, &self.config.public_ips))
+            self.answer(&pc, offer, &mut gathered_rx).await
         };
         let answer = match negotiate.await {
             Ok(a) => a,

@@ -214,24 +214,12 @@ impl Viewer {
     }
 
     pub async fn apply_answer(&self, answer_sdp: &str) {
-        let answer = RTCSessionDescription::answer(answer_sdp.to_owned()).expect("answer parses");
-        self.pc.set_remote_description(answer).await.expect("answer applies");
+        apply_answer(self.pc.as_ref(), answer_sdp).await;
     }
 
     /// Waits for the connection to come up (or fail).
     pub async fn connected(&self, within: Duration) -> bool {
-        let mut state = self.state.clone();
-        matches!(
-            tokio::time::timeout(
-                within,
-                state.wait_for(|s| matches!(
-                    s,
-                    RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                ))
-            )
-            .await,
-            Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected
-        )
+        connected(&self.state, within).await
     }
 
     /// Waits (at most `within`) for the connection to end (closed by the
@@ -287,6 +275,29 @@ impl Viewer {
     pub async fn close(&self) {
         let _ = self.pc.close().await;
     }
+}
+
+/// Applies the server's SDP answer to `pc` (a viewer's or a publisher's).
+pub async fn apply_answer(pc: &dyn PeerConnection, answer_sdp: &str) {
+    let answer = RTCSessionDescription::answer(answer_sdp.to_owned()).expect("answer parses");
+    pc.set_remote_description(answer).await.expect("answer applies");
+}
+
+/// Waits (at most `within`) for the connection `state` follows to come up;
+/// false if it failed, closed or took longer.
+pub async fn connected(state: &watch::Receiver<RTCPeerConnectionState>, within: Duration) -> bool {
+    let mut state = state.clone();
+    matches!(
+        tokio::time::timeout(
+            within,
+            state.wait_for(|s| matches!(
+                s,
+                RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+            ))
+        )
+        .await,
+        Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected
+    )
 }
 
 /// An HTTP reply with its headers of interest.

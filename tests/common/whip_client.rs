@@ -20,8 +20,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
-    register_default_interceptors,
+    RTCIceGatheringState, RTCPeerConnectionState, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
 const PAYLOAD_TYPE: u8 = 102;
@@ -129,24 +128,12 @@ impl Publisher {
     }
 
     pub async fn apply_answer(&self, answer_sdp: &str) {
-        let answer = RTCSessionDescription::answer(answer_sdp.to_owned()).expect("answer parses");
-        self.pc.set_remote_description(answer).await.expect("answer applies");
+        super::whep_client::apply_answer(self.pc.as_ref(), answer_sdp).await;
     }
 
     /// Waits for the connection to come up (or fail).
     pub async fn connected(&self, within: Duration) -> bool {
-        let mut state = self.state.clone();
-        matches!(
-            tokio::time::timeout(
-                within,
-                state.wait_for(|s| matches!(
-                    s,
-                    RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                ))
-            )
-            .await,
-            Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected
-        )
+        super::whep_client::connected(&self.state, within).await
     }
 
     /// Keyframe requests (PLI/FIR) received so far.
