@@ -88,6 +88,8 @@ pub struct Viewer {
     track: Arc<Mutex<Option<Arc<dyn TrackRemote>>>>,
     /// Text messages on the `labels` channel (see [`Viewer::with_labels`]).
     labels: Arc<Mutex<Vec<String>>>,
+    /// When the `labels` channel closed (the server's SCTP ABORT or DTLS close_notify).
+    labels_closed: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 fn codec(mime: &str, pt: u8, fmtp: &str) -> RTCRtpCodecParameters {
@@ -182,6 +184,7 @@ impl Viewer {
         .await
         .expect("recvonly transceiver");
         let labels = Arc::new(Mutex::new(Vec::new()));
+        let labels_closed = Arc::new(Mutex::new(None));
         if labels_channel {
             let init = webrtc::data_channel::RTCDataChannelInit {
                 ordered: false,
@@ -189,13 +192,18 @@ impl Viewer {
                 ..Default::default()
             };
             let dc = pc.create_data_channel("labels", Some(init)).await.expect("labels data channel");
-            let got = labels.clone();
+            let (got, closed) = (labels.clone(), labels_closed.clone());
             tokio::spawn(async move {
                 while let Some(event) = dc.poll().await {
-                    if let webrtc::data_channel::DataChannelEvent::OnMessage(m) = event {
-                        got.lock().unwrap().push(String::from_utf8_lossy(&m.data).into_owned());
+                    match event {
+                        webrtc::data_channel::DataChannelEvent::OnMessage(m) => {
+                            got.lock().unwrap().push(String::from_utf8_lossy(&m.data).into_owned());
+                        }
+                        webrtc::data_channel::DataChannelEvent::OnClose => break,
+                        _ => {}
                     }
                 }
+                *closed.lock().unwrap() = Some(std::time::Instant::now());
             });
         }
         let offer = pc.create_offer(None).await.expect("offer");
@@ -205,12 +213,17 @@ impl Viewer {
             .expect("ICE gathering completes")
             .expect("handler alive");
         let offer_sdp = pc.local_description().await.expect("local description").sdp;
-        Viewer { pc, offer_sdp, state: state_rx, packets, track, labels }
+        Viewer { pc, offer_sdp, state: state_rx, packets, track, labels, labels_closed }
     }
 
     /// The messages received on the `labels` channel so far, parsed.
     pub fn labels(&self) -> Vec<serde_json::Value> {
         self.labels.lock().unwrap().iter().map(|m| serde_json::from_str(m).expect("a label message is JSON")).collect()
+    }
+
+    /// When the `labels` channel closed, if it has.
+    pub fn labels_closed_at(&self) -> Option<std::time::Instant> {
+        *self.labels_closed.lock().unwrap()
     }
 
     pub async fn apply_answer(&self, answer_sdp: &str) {
