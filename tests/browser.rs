@@ -463,3 +463,44 @@ fn publishing_from_the_page_in_chromium() {
     assert!(published["video"]["width"].as_u64().unwrap() > 0, "{published}");
     assert!(artifacts.join("publish.png").is_file(), "screenshot");
 }
+
+/// ICE-TCP (`tests/browser/ice_tcp.mjs`): UDP to the one port is dropped in
+/// the test's network namespace (iptables), so Chromium can reach the
+/// one-port SFU only over its ICE-TCP passive candidate; the demo tile plays,
+/// its selected candidate pair on TCP.
+#[test]
+fn a_viewer_whose_udp_is_blocked_plays_over_ice_tcp() {
+    require_browser_tools();
+    if !netns::isolated("a_viewer_whose_udp_is_blocked_plays_over_ice_tcp") {
+        return;
+    }
+    if std::env::var("INFERCAST_UDP_LISTEN").is_ok_and(|v| v == "off") {
+        return; // ICE-TCP is the one-port SFU's; the per-session SFU has none
+    }
+    let blocked = Command::new("iptables")
+        .args(["-A", "INPUT", "-p", "udp", "--dport", "8189", "-j", "DROP"])
+        .status()
+        .expect("iptables runs (scripts/setup --tests installs it)");
+    assert!(blocked.success(), "iptables could not drop UDP to 8189 in the test's namespace");
+    let app = Infercast::start(&[]);
+    app.wait_for("/api/cameras", Duration::from_secs(20), |v| all_streaming(v, 1));
+    assert!(app.log().contains("ice_tcp=true"), "{}", app.log());
+    let out = Command::new("node")
+        .arg(browser_dir().join("ice_tcp.mjs"))
+        .arg(&app.base)
+        .current_dir(browser_dir())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "ice_tcp");
+    assert!(out.status.success() && result.is_some(), "ice_tcp.mjs: {stdout}\nlog:\n{}", app.log());
+    let result = result.unwrap();
+    eprintln!("over ICE-TCP: {result}");
+    assert_eq!(result["protocol"], "tcp", "{result}");
+    assert!(result["stats"].as_str().unwrap().contains("over TCP"), "{result}");
+}

@@ -545,7 +545,16 @@ fn webrtc_config_pins_ports_and_advertises_public_ips() {
         answer.contains(&format!("203.0.113.7 {} typ srflx raddr 10.99.0.1 rport {}", ports[0], ports[0])),
         "public IP advertised:\n{answer}"
     );
-    assert_eq!(candidate_ports(&answer, "203.0.113.7").len(), 1, "{answer}");
+    // One per transport: UDP, and on the one port its ICE-TCP twin (passive).
+    assert_eq!(candidate_ports(&answer, "203.0.113.7").len(), if one_port().is_some() { 2 } else { 1 }, "{answer}");
+    if let Some(port) = one_port() {
+        let tcp = format!("tcp 1688207359 203.0.113.7 {port} typ srflx raddr 10.99.0.1 rport {port} tcptype passive");
+        assert!(
+            answer.contains(&tcp),
+            "ICE-TCP twin advertised:
+{answer}"
+        );
+    }
     // The viewer still connects (over the loopback candidate) and receives video.
     rt.block_on(viewer.apply_answer(&answer));
     assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects; log:\n{}", app.log());

@@ -26,7 +26,8 @@ export class StatsSampler {
   #prev = null;
 
   /**
-   * Figures since the previous sample: `{fps, kbps, rttMs, jitterMs, framesDecoded}`,
+   * Figures since the previous sample: `{fps, kbps, rttMs, jitterMs, framesDecoded,
+   * protocol}` (`protocol`: `udp` or `tcp`, the selected pair's local candidate's),
    * each null when not known yet.
    */
   sample(report) {
@@ -52,7 +53,9 @@ export class StatsSampler {
     if (d('jbCount') > 0) jitterMs = (d('jbDelay') / d('jbCount')) * 1000;
     else if (!prev && now.jbCount > 0) jitterMs = (now.jbDelay / now.jbCount) * 1000;
     const rtt = pair?.currentRoundTripTime;
+    const local = pair?.localCandidateId ? report.get(pair.localCandidateId) : null;
     return {
+      protocol: local?.protocol ?? null,
       fps,
       kbps,
       rttMs: rtt == null ? null : rtt * 1000,

@@ -7,6 +7,9 @@ use std::net::IpAddr;
 /// Server-reflexive type preference 100, local preference 65535, component 1
 /// (RFC 8445 §5.1.2.1).
 const SRFLX_PRIORITY: u32 = (100 << 24) | (65535 << 8) | 255;
+/// The same for an ICE-TCP candidate: below its UDP twin, as the host ones
+/// are (local preference 40959, rtc's for TCP).
+const SRFLX_TCP_PRIORITY: u32 = (100 << 24) | (40959 << 8) | 255;
 
 /// `sdp` without unusable candidates (an unspecified address, left when a
 /// wildcard bind had no interface to expand to), and with, for every
@@ -32,11 +35,17 @@ pub fn rewrite_candidates(sdp: &str, public_ips: &[IpAddr]) -> String {
             continue;
         }
         let eol = if line.ends_with("\r\n") { "\r\n" } else { "\n" };
+        let transport = fields.get(2).copied().unwrap_or("udp");
+        // An ICE-TCP candidate's twin keeps its role (`tcptype passive`).
+        let tcp_type = fields.iter().position(|f| *f == "tcptype").and_then(|i| fields.get(i + 1));
+        let (priority, tail) = match tcp_type {
+            Some(t) if transport.eq_ignore_ascii_case("tcp") => (SRFLX_TCP_PRIORITY, format!(" tcptype {t}")),
+            _ => (SRFLX_PRIORITY, String::new()),
+        };
         for public in public_ips.iter().filter(|p| p.is_ipv4() == address.is_ipv4()) {
             added += 1;
             out.push_str(&format!(
-                "a=candidate:nat{added} 1 {} {SRFLX_PRIORITY} {public} {port} typ srflx raddr {address} rport {port}{eol}",
-                fields.get(2).unwrap_or(&"udp")
+                "a=candidate:nat{added} 1 {transport} {priority} {public} {port} typ srflx raddr {address} rport {port}{tail}{eol}"
             ));
         }
     }
@@ -70,5 +79,21 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with("a=end-of-candidates\r\n"));
+    }
+
+    #[test]
+    fn an_ice_tcp_candidate_gets_a_passive_public_twin_below_the_udp_one() {
+        let sdp = "a=candidate:1 1 udp 2130706431 10.0.0.5 8189 typ host\r\n\
+                   a=candidate:2 1 tcp 2124414975 10.0.0.5 8189 typ host tcptype passive\r\n";
+        let out = rewrite_candidates(sdp, &["203.0.113.7".parse().unwrap()]);
+        let added: Vec<&str> = out.lines().filter(|l| l.contains("nat")).collect();
+        assert_eq!(
+            added,
+            [
+                "a=candidate:nat1 1 udp 1694498815 203.0.113.7 8189 typ srflx raddr 10.0.0.5 rport 8189",
+                "a=candidate:nat2 1 tcp 1688207359 203.0.113.7 8189 typ srflx raddr 10.0.0.5 rport 8189 tcptype passive",
+            ],
+            "{out}"
+        );
     }
 }

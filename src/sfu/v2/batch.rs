@@ -19,6 +19,8 @@ pub const MAX_BATCH: usize = 64;
 /// A shard's outgoing datagrams.
 pub struct Batch {
     socket: Arc<UdpSocket>,
+    /// ICE-TCP connections: packets to their peers go there, framed.
+    tcp: Arc<super::tcp::TcpPeers>,
     queue: Vec<(SocketAddr, BytesMut)>,
     /// `sendmmsg` calls and datagrams sent so far.
     pub syscalls: u64,
@@ -26,12 +28,25 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn new(socket: Arc<UdpSocket>) -> Batch {
-        Batch { socket, queue: Vec::with_capacity(MAX_BATCH), syscalls: 0, sent: 0 }
+    pub fn new(socket: Arc<UdpSocket>, tcp: Arc<super::tcp::TcpPeers>) -> Batch {
+        Batch { socket, tcp, queue: Vec::with_capacity(MAX_BATCH), syscalls: 0, sent: 0 }
     }
 
+    /// Queues a UDP datagram to `to`.
     pub fn push(&mut self, to: SocketAddr, datagram: BytesMut) {
         self.queue.push((to, datagram));
+    }
+
+    /// Queues what a session wrote: a UDP datagram, or (ICE-TCP) a frame for
+    /// its peer's connection, handed over at once.
+    pub fn push_to(&mut self, transport: &rtc::shared::TransportContext, packet: BytesMut) {
+        if transport.transport_protocol == rtc::shared::TransportProtocol::TCP {
+            if !self.tcp.send(transport.peer_addr, packet) {
+                tracing::trace!(to = %transport.peer_addr, "ICE-TCP packet dropped (no connection, or its queue is full)");
+            }
+        } else {
+            self.queue.push((transport.peer_addr, packet));
+        }
     }
 
     /// Datagrams queued.

@@ -92,6 +92,13 @@ impl Routes {
         }
     }
 
+    /// The session a STUN message names by its ufrag (an ICE-TCP
+    /// connection's first frame); no address is learnt.
+    pub fn by_stun(&self, datagram: &[u8]) -> Option<Route> {
+        let ufrag = stun_local_ufrag(datagram)?;
+        self.inner.read().expect("routes lock is never poisoned").by_ufrag.get(ufrag).cloned()
+    }
+
     /// The session a datagram from `from` belongs to; a STUN request with a
     /// known ufrag also teaches the table its address.
     pub fn route(&self, from: SocketAddr, datagram: &[u8]) -> Option<Route> {

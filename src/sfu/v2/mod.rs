@@ -14,6 +14,7 @@ pub mod batch;
 pub mod demux;
 mod session;
 mod shard;
+mod tcp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -68,6 +69,8 @@ type Entries = Arc<Mutex<HashMap<SessionId, Entry>>>;
 pub struct OnePort {
     local: SocketAddr,
     candidates: Vec<SocketAddr>,
+    /// ICE-TCP passive candidates are offered (the TCP port listens).
+    ice_tcp: bool,
     public_ips: Vec<IpAddr>,
     shards: Vec<mpsc::Sender<ShardMsg>>,
     routes: Arc<Routes>,
@@ -110,6 +113,19 @@ impl OnePort {
         let socket = Arc::new(UdpSocket::from_std(std_socket)?);
         let local = socket.local_addr()?;
         let candidates = candidate_addrs(&config.candidate_ips, local.port());
+        // ICE-TCP on the TCP port of the same number; without it (the port is
+        // taken) viewers still play over UDP.
+        let tcp_listener = match std::net::TcpListener::bind(local).and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        }) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(%local, "ICE-TCP off: cannot listen on TCP {local}: {e}");
+                None
+            }
+        };
+        let tcp_peers = Arc::new(tcp::TcpPeers::default());
         let routes = Arc::new(Routes::default());
         let sessions: Entries = Arc::default();
         let cancel = CancellationToken::new();
@@ -135,7 +151,7 @@ impl OnePort {
                 index,
                 inbox: rx,
                 to_self: tx.clone(),
-                batch: batch::Batch::new(socket.clone()),
+                batch: batch::Batch::new(socket.clone(), tcp_peers.clone()),
                 routes: routes.clone(),
                 timeouts,
                 ended: ended.clone(),
@@ -149,10 +165,15 @@ impl OnePort {
             shards.push(tx);
         }
         tokio::spawn(receive(socket, routes.clone(), shards.clone(), cancel.clone()));
-        tracing::info!(%local, candidates = ?candidates, shards = shards.len(), "one-port SFU listening (ICE-lite)");
+        let ice_tcp = tcp_listener.is_some();
+        if let Some(listener) = tcp_listener {
+            tokio::spawn(tcp::accept(listener, routes.clone(), shards.clone(), tcp_peers, cancel.clone()));
+        }
+        tracing::info!(%local, candidates = ?candidates, shards = shards.len(), ice_tcp, "one-port SFU listening (ICE-lite)");
         Ok(Arc::new(OnePort {
             local,
             candidates,
+            ice_tcp,
             public_ips: config.public_ips,
             shards,
             routes,
@@ -197,6 +218,7 @@ impl OnePort {
             resend: self.resend.clone(),
             chosen,
             candidates: &self.candidates,
+            tcp: self.ice_tcp,
             local_addr: self.candidates.iter().find(|a| !a.ip().is_loopback()).copied().unwrap_or(self.local),
             metrics,
             held,
@@ -330,7 +352,7 @@ async fn receive(
         };
         let data = &buf[..n];
         let Some(route) = routes.route(from, data) else { continue };
-        let msg = ShardMsg::Datagram { session: route.session, from, data: bytes::BytesMut::from(data) };
+        let msg = ShardMsg::Datagram { session: route.session, from, data: bytes::BytesMut::from(data), tcp: false };
         if shards[route.shard].try_send(msg).is_err() {
             tracing::debug!(%from, "shard inbox full: datagram dropped");
         }

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use rtc::data_channel::RTCDataChannelId;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -44,22 +45,31 @@ fn webrtc_err(e: impl std::fmt::Display) -> SfuError {
     SfuError::WebRtc(e.to_string())
 }
 
-fn add_host_candidates(pc: &mut RTCPeerConnection, addrs: &[SocketAddr]) -> Result<(), SfuError> {
+/// Our host candidates: UDP on each of `addrs`, and with `tcp` an ICE-TCP
+/// passive one on the same address and port number (RFC 6544).
+fn add_host_candidates(pc: &mut RTCPeerConnection, addrs: &[SocketAddr], tcp: bool) -> Result<(), SfuError> {
+    let networks: &[(&str, TcpType)] = if tcp {
+        &[("udp", TcpType::Unspecified), ("tcp", TcpType::Passive)]
+    } else {
+        &[("udp", TcpType::Unspecified)]
+    };
     for addr in addrs {
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
+        for (network, tcp_type) in networks {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: (*network).to_owned(),
+                    address: addr.ip().to_string(),
+                    port: addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                tcp_type: *tcp_type,
+            }
+            .new_candidate_host()
+            .map_err(webrtc_err)?;
+            let init = RTCIceCandidate::from(&candidate).to_json().map_err(webrtc_err)?;
+            pc.add_local_candidate(init).map_err(webrtc_err)?;
         }
-        .new_candidate_host()
-        .map_err(webrtc_err)?;
-        let init = RTCIceCandidate::from(&candidate).to_json().map_err(webrtc_err)?;
-        pc.add_local_candidate(init).map_err(webrtc_err)?;
     }
     Ok(())
 }
@@ -94,6 +104,8 @@ pub(super) struct Session {
     local_addr: SocketAddr,
     /// Our host candidates (added again if an ICE restart dropped them).
     candidates: Vec<SocketAddr>,
+    /// ICE-TCP passive candidates beside them.
+    tcp: bool,
     /// The offer as last applied, the viewer's ufrag, restarts so far (`PATCH`).
     offer: String,
     remote_ufrag: Option<String>,
@@ -132,6 +144,8 @@ pub(super) struct NewSession<'a> {
     pub resend: Arc<super::super::resend::ResendBudget>,
     pub chosen: ChosenCodec,
     pub candidates: &'a [SocketAddr],
+    /// ICE-TCP passive candidates too (the TCP port of the same number listens).
+    pub tcp: bool,
     pub local_addr: SocketAddr,
     pub metrics: SessionMetrics,
     pub held: Box<dyn crate::sfu::SessionHold>,
@@ -171,7 +185,11 @@ impl Session {
             .with_lite(true)
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
+            .with_network_types(if n.tcp {
+                vec![NetworkType::Udp4, NetworkType::Udp6, NetworkType::Tcp4, NetworkType::Tcp6]
+            } else {
+                vec![NetworkType::Udp4, NetworkType::Udp6]
+            })
             .build();
         let now = Instant::now();
         let mut pc = RTCPeerConnectionBuilder::new()
@@ -196,7 +214,7 @@ impl Session {
             }],
         );
         let sender = pc.add_track(track).map_err(webrtc_err)?;
-        add_host_candidates(&mut pc, n.candidates)?;
+        add_host_candidates(&mut pc, n.candidates, n.tcp)?;
         let answer = pc.create_answer(None).map_err(webrtc_err)?;
         pc.set_local_description(now, answer).map_err(webrtc_err)?;
         let answer_sdp = pc.local_description().ok_or_else(|| webrtc_err("no local description"))?.sdp;
@@ -228,6 +246,7 @@ impl Session {
             metrics: n.metrics,
             local_addr: n.local_addr,
             candidates: n.candidates.to_vec(),
+            tcp: n.tcp,
             offer: n.offer_sdp.to_owned(),
             remote_ufrag: sdpfrag::ice_ufrag(n.offer_sdp).map(str::to_owned),
             restarts: 0,
@@ -242,7 +261,7 @@ impl Session {
     }
 
     /// A datagram from the viewer.
-    pub fn handle_datagram(&mut self, from: SocketAddr, data: BytesMut) {
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: BytesMut, tcp: bool) {
         self.last_received = Instant::now();
         let local_addr =
             if from.ip().is_loopback() { SocketAddr::new(from.ip(), self.local_addr.port()) } else { self.local_addr };
@@ -252,7 +271,7 @@ impl Session {
                 local_addr,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: if tcp { TransportProtocol::TCP } else { TransportProtocol::UDP },
             },
             message: data,
         };
@@ -282,7 +301,7 @@ impl Session {
         loop {
             while budget > 0 {
                 let Some(msg) = self.pc.poll_write() else { break };
-                batch.push(msg.transport.peer_addr, msg.message);
+                batch.push_to(&msg.transport, msg.message);
                 budget -= 1;
             }
             if budget == 0 {
@@ -498,7 +517,7 @@ impl Session {
                 let mut sdp = self.pc.local_description().ok_or_else(|| webrtc_err("no local description"))?.sdp;
                 if !sdp.contains("a=candidate:") {
                     let candidates = self.candidates.clone();
-                    add_host_candidates(&mut self.pc, &candidates)?;
+                    add_host_candidates(&mut self.pc, &candidates, self.tcp)?;
                     sdp = self.pc.local_description().ok_or_else(|| webrtc_err("no local description"))?.sdp;
                 }
                 self.add_remote_candidates(&fragment, Some(ufrag.clone()))?;
@@ -540,7 +559,7 @@ impl Session {
         }
         for _ in 0..CLOSE_DRAIN {
             let Some(msg) = self.pc.poll_write() else { return };
-            batch.push(msg.transport.peer_addr, msg.message);
+            batch.push_to(&msg.transport, msg.message);
         }
         tracing::debug!(session = %self.id, "closed with more than {CLOSE_DRAIN} datagrams unsent");
     }

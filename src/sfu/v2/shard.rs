@@ -28,10 +28,12 @@ use crate::media::AccessUnit;
 /// What a shard is told.
 pub(super) enum ShardMsg {
     Add(Box<Session>),
+    /// A packet from a viewer: a UDP datagram, or an ICE-TCP frame (`tcp`).
     Datagram {
         session: String,
         from: SocketAddr,
         data: BytesMut,
+        tcp: bool,
     },
     Media {
         key: (String, TrackKind),
@@ -154,9 +156,9 @@ impl Shard {
                     touched.push(session.id.clone());
                     sessions.insert(session.id.clone(), *session);
                 }
-                ShardMsg::Datagram { session, from, data } => {
+                ShardMsg::Datagram { session, from, data, tcp } => {
                     if let Some(s) = sessions.get_mut(&session) {
-                        s.handle_datagram(from, data);
+                        s.handle_datagram(from, data, tcp);
                         touched.push(session);
                     }
                 }
