@@ -78,6 +78,9 @@ impl Script {
             .env("INFERCAST_TOKEN", token) // not on the command line: other processes can read that
             .env("NODE_EXTRA_CA_CERTS", &tls.ca)
             .env("INFERCAST_SPKI", common::certs::spki_sha256_base64(&tls.cert))
+            // The one-port SFU (the default; 8189 in the test's namespace): every
+            // tile's selected candidate pair must be UDP to it.
+            .envs(std::env::var("INFERCAST_UDP_LISTEN").map_or(Some(("ONE_PORT", "8189")), |_| None))
             .current_dir(browser_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -27,8 +27,9 @@ export class StatsSampler {
 
   /**
    * Figures since the previous sample: `{fps, kbps, rttMs, jitterMs, framesDecoded,
-   * protocol}` (`protocol`: `udp` or `tcp`, the selected pair's local candidate's),
-   * each null when not known yet.
+   * protocol, serverPort}` (`protocol`: `udp` or `tcp`, the selected pair's local
+   * candidate's; `serverPort`: its remote candidate's port, the server's), each
+   * null when not known yet.
    */
   sample(report) {
     const rtp = inboundVideo(report);
@@ -54,8 +55,10 @@ export class StatsSampler {
     else if (!prev && now.jbCount > 0) jitterMs = (now.jbDelay / now.jbCount) * 1000;
     const rtt = pair?.currentRoundTripTime;
     const local = pair?.localCandidateId ? report.get(pair.localCandidateId) : null;
+    const remote = pair?.remoteCandidateId ? report.get(pair.remoteCandidateId) : null;
     return {
       protocol: local?.protocol ?? null,
+      serverPort: remote?.port ?? null,
       fps,
       kbps,
       rttMs: rtt == null ? null : rtt * 1000,

@@ -8,7 +8,8 @@
 // Test hooks: <section class="tile" data-camera data-track data-state
 // data-video (player phase) data-retries data-ice-restarts data-first-frame-ms
 // (WHEP POST → first decoded frame) data-node (cluster mode: the node serving
-// it) data-protocol (`udp`, or `tcp` over ICE-TCP)>, which restarts ICE on an `infercast:restart-ice` event,
+// it) data-protocol (`udp`, or `tcp` over ICE-TCP) data-server-port (the
+// selected candidate pair's server port)>, which restarts ICE on an `infercast:restart-ice` event,
 // buttons [data-track-button] (`raw`, `overlay`, `annotated`),
 // .label[data-label][data-score], .viewers[data-viewers] (viewer sessions of
 // the camera, both tracks), and `tile.overlay.drawn` (the last frames of the
@@ -301,6 +302,7 @@ export class Tile {
       // UDP blocked on the viewer's network: the video came over ICE-TCP.
       if (s.protocol === 'tcp') text.push('over TCP');
       if (s.protocol) this.element.dataset.protocol = s.protocol;
+      if (s.serverPort != null) this.element.dataset.serverPort = String(s.serverPort);
       if (p.labels) {
         // Without rtpTimestamp (older browsers) the newest label is drawn, whatever its frame.
         if (p.labels.size === 0) text.push('no labels on the data channel yet');

@@ -89,6 +89,8 @@ function tileInfo(page, camera) {
       score: l.dataset.score == null ? null : Number(l.dataset.score),
       notice: n.hidden ? null : [...n.children].map((c) => c.textContent).filter(Boolean).join(' — '),
       stats: t.querySelector('.stats').textContent,
+      protocol: t.dataset.protocol ?? null,
+      serverPort: t.dataset.serverPort == null ? null : Number(t.dataset.serverPort),
     };
   });
 }
@@ -108,8 +110,8 @@ async function assertPlays(page, camera, track, width) {
     throw new Error(`${camera}: now ${later.track}/${later.video}`);
   }
   emit({ event: 'first_frame', camera, track, ms: later.firstFrameMs });
-  const { width: w, height, firstFrameMs, stats } = later;
-  return { camera, track, width: w, height, frames_in_3s: grew, first_frame_ms: firstFrameMs, stats };
+  const { width: w, height, firstFrameMs, stats, protocol, serverPort } = later;
+  return { camera, track, width: w, height, frames_in_3s: grew, first_frame_ms: firstFrameMs, stats, protocol, server_port: serverPort };
 }
 
 /** Waits until the server counts exactly `want` ({raw, annotated}) viewers of `camera`. */
@@ -214,6 +216,11 @@ async function run(browserSlot) {
     const viewers = await Promise.all(names.map((n) => assertViewers(n, { raw: 1, annotated: 0 })));
     if (played.some((p) => !/\d+ fps/.test(p.stats) || !/\d+ kbit\/s/.test(p.stats))) {
       throw new Error(`stats line lacks figures: ${played.map((p) => p.stats).join(' | ')}`);
+    }
+    // On the one-port SFU every session's selected candidate pair is UDP to the one port.
+    const onePort = process.env.ONE_PORT ? Number(process.env.ONE_PORT) : null;
+    if (onePort != null && played.some((p) => p.protocol !== 'udp' || p.server_port !== onePort)) {
+      throw new Error(`selected pairs not all UDP to ${onePort}: ${JSON.stringify(played.map((p) => [p.protocol, p.server_port]))}`);
     }
     return { played, viewers };
   });
