@@ -60,6 +60,35 @@ fn require_browser_tools() {
     }
 }
 
+/// What a script run to its end (`node tests/browser/SCRIPT ARGS`, env `ENV`)
+/// printed: whether it exited 0, its stdout and the JSON events in it.
+struct Ran {
+    ok: bool,
+    stdout: String,
+    events: Vec<serde_json::Value>,
+}
+
+impl Ran {
+    fn event(&self, name: &str) -> Option<&serde_json::Value> {
+        self.events.iter().find(|e| e["event"] == name)
+    }
+}
+
+fn run_script(script: &str, args: &[&std::ffi::OsStr], env: &[(&str, String)]) -> Ran {
+    let out = Command::new("node")
+        .arg(browser_dir().join(script))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(browser_dir())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node starts");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    Ran { ok: out.status.success(), stdout, events }
+}
+
 /// The node process; on drop (a failed assertion included) it gets SIGTERM, so
 /// Playwright closes the browser, then SIGKILL if it lingers.
 struct Script {
@@ -268,22 +297,17 @@ fn labels_drawn_at_their_frame_in_chromium() {
     let interval_90k = 18_000;
     let artifacts = common::repo().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let out = Command::new("node")
-        .arg(browser_dir().join("overlay.mjs"))
-        .arg(&app.base)
-        .arg(&artifacts)
-        .env("SCENES", scenes.to_string())
-        .env("INTERVAL_90K", interval_90k.to_string())
-        .env("BURNED_CROP", serde_json::json!(BURNED_CROP).to_string())
-        .current_dir(browser_dir())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("node starts");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let result = events.iter().find(|e| e["event"] == "overlay");
-    assert!(out.status.success() && result.is_some(), "overlay.mjs: {stdout}\nlog:\n{}", app.log());
+    let ran = run_script(
+        "overlay.mjs",
+        &[app.base.as_ref(), artifacts.as_os_str()],
+        &[
+            ("SCENES", scenes.to_string()),
+            ("INTERVAL_90K", interval_90k.to_string()),
+            ("BURNED_CROP", serde_json::json!(BURNED_CROP).to_string()),
+        ],
+    );
+    let result = ran.event("overlay");
+    assert!(ran.ok && result.is_some(), "overlay.mjs: {}\nlog:\n{}", ran.stdout, app.log());
     let result = result.unwrap();
     // (The burned-in event's frame masks are too long to print.)
     eprintln!("labelled view: {result}");
@@ -308,7 +332,7 @@ fn labels_drawn_at_their_frame_in_chromium() {
 
     // The same check on the burned-in track: each frame's label, read off the
     // picture, is its scene's class.
-    let burned = events.iter().find(|e| e["event"] == "burned").expect("burned-in frames reported");
+    let burned = ran.event("burned").expect("burned-in frames reported");
     let figures = check_burned_in(burned, &scenes, interval_90k);
     eprintln!("burned-in track: {figures}");
 }
@@ -435,26 +459,10 @@ fn publishing_from_the_page_in_chromium() {
     let app = Infercast::start(&["--config", config.to_str().unwrap()]);
     let artifacts = common::repo().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let out = Command::new("node")
-        .arg(browser_dir().join("publish.mjs"))
-        .arg(&app.base)
-        .arg(ADMIN)
-        .arg(&y4m)
-        .arg(&artifacts)
-        .current_dir(browser_dir())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("node starts");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let published = events.iter().find(|e| e["event"] == "published");
-    let stopped = events.iter().find(|e| e["event"] == "stopped");
-    assert!(
-        out.status.success() && published.is_some() && stopped.is_some(),
-        "publish.mjs: {stdout}\nlog:\n{}",
-        app.log()
-    );
+    let ran =
+        run_script("publish.mjs", &[app.base.as_ref(), ADMIN.as_ref(), y4m.as_os_str(), artifacts.as_os_str()], &[]);
+    let (published, stopped) = (ran.event("published"), ran.event("stopped"));
+    assert!(ran.ok && published.is_some() && stopped.is_some(), "publish.mjs: {}\nlog:\n{}", ran.stdout, app.log());
     let published = published.unwrap();
     eprintln!("published from the page: {published}");
     assert_eq!(published["codec"], "H.264");
@@ -488,20 +496,9 @@ fn a_viewer_whose_udp_is_blocked_plays_over_ice_tcp() {
     let app = Infercast::start(&[]);
     app.wait_for("/api/cameras", Duration::from_secs(20), |v| all_streaming(v, 1));
     assert!(app.log().contains("ice_tcp=true"), "{}", app.log());
-    let out = Command::new("node")
-        .arg(browser_dir().join("ice_tcp.mjs"))
-        .arg(&app.base)
-        .current_dir(browser_dir())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("node starts");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|e| e["event"] == "ice_tcp");
-    assert!(out.status.success() && result.is_some(), "ice_tcp.mjs: {stdout}\nlog:\n{}", app.log());
+    let ran = run_script("ice_tcp.mjs", &[app.base.as_ref()], &[]);
+    let result = ran.event("ice_tcp");
+    assert!(ran.ok && result.is_some(), "ice_tcp.mjs: {}\nlog:\n{}", ran.stdout, app.log());
     let result = result.unwrap();
     eprintln!("over ICE-TCP: {result}");
     assert_eq!(result["protocol"], "tcp", "{result}");

@@ -91,6 +91,28 @@ fn webrtc_err(e: impl std::fmt::Display) -> SfuError {
     SfuError::WebRtc(e.to_string())
 }
 
+/// The answer's H.264 codec, a media engine with only it, and the default
+/// interceptors (NACK, reports) registered for it: what every peer
+/// connection of ours, a viewer's or a publisher's, is built with.
+fn h264_engine(chosen: &ChosenCodec) -> Result<(RTCRtpCodec, MediaEngine, Registry), SfuError> {
+    let codec = RTCRtpCodec {
+        mime_type: MIME_TYPE_H264.to_owned(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: chosen.fmtp.clone(),
+        rtcp_feedback: vec![],
+    };
+    let mut media_engine = MediaEngine::default();
+    media_engine
+        .register_codec(
+            RTCRtpCodecParameters { rtp_codec: codec.clone(), payload_type: chosen.payload_type },
+            RtpCodecKind::Video,
+        )
+        .map_err(webrtc_err)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err)?;
+    Ok((codec, media_engine, registry))
+}
+
 /// Network settings for viewer peer connections.
 #[derive(Clone, Debug)]
 pub struct SfuConfig {
@@ -277,21 +299,7 @@ impl Sfu {
     ) -> Result<CreatedSession, SfuError> {
         let stream_plid = stream_profile_level_id(&tracks, kind);
         let (offer, chosen) = check_offer(offer_sdp, stream_plid)?;
-        let codec = RTCRtpCodec {
-            mime_type: MIME_TYPE_H264.to_owned(),
-            clock_rate: 90000,
-            channels: 0,
-            sdp_fmtp_line: chosen.fmtp.clone(),
-            rtcp_feedback: vec![],
-        };
-        let mut media_engine = MediaEngine::default();
-        media_engine
-            .register_codec(
-                RTCRtpCodecParameters { rtp_codec: codec.clone(), payload_type: chosen.payload_type },
-                RtpCodecKind::Video,
-            )
-            .map_err(webrtc_err)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err)?;
+        let (codec, media_engine, registry) = h264_engine(&chosen)?;
         let session_metrics =
             self.metrics.as_ref().map_or_else(SessionMetrics::unregistered, |m| m.session(camera, kind));
         let registry =

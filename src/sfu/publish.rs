@@ -9,21 +9,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    MediaEngine, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState, Registry,
-    register_default_interceptors,
-};
+use webrtc::peer_connection::{PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState};
 
 use rtc::peer_connection::sdp::RTCSessionDescription;
 
-use super::{ChosenCodec, Sfu, SfuError, check_offer, gone, is_over, webrtc_err};
+use super::{ChosenCodec, Sfu, SfuError, check_offer, gone, h264_engine, is_over, webrtc_err};
 
 /// What ties a publisher's peer connection to the camera it feeds.
 pub struct PublisherLink {
@@ -108,21 +104,7 @@ impl Sfu {
 
     async fn set_up_publisher(&self, camera: &str, offer_sdp: &str, link: PublisherLink) -> Result<String, SfuError> {
         let (offer, chosen) = Sfu::check_publisher_offer(offer_sdp)?;
-        let codec = RTCRtpCodec {
-            mime_type: MIME_TYPE_H264.to_owned(),
-            clock_rate: 90000,
-            channels: 0,
-            sdp_fmtp_line: chosen.fmtp.clone(),
-            rtcp_feedback: vec![],
-        };
-        let mut media_engine = MediaEngine::default();
-        media_engine
-            .register_codec(
-                RTCRtpCodecParameters { rtp_codec: codec, payload_type: chosen.payload_type },
-                RtpCodecKind::Video,
-            )
-            .map_err(webrtc_err)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(webrtc_err)?;
+        let (_, media_engine, registry) = h264_engine(&chosen)?;
         let port = self.ports.lease(&self.config.udp_ips).map_err(SfuError::WebRtc)?;
         let (gathered_tx, mut gathered_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
