@@ -1,6 +1,7 @@
-//! An interceptor that hands the viewer's keyframe requests (PLI, FIR) to the
-//! application (`TrackLocalEvent::OnRtcpPacket`) and counts its NACKs; all other
-//! inbound RTCP stays with the interceptors that act on it (NACK responder, reports).
+//! An interceptor that hands the viewer's keyframe requests (PLI, FIR), and
+//! for a session that answers them itself its NACKs, to the application
+//! (`TrackLocalEvent::OnRtcpPacket`) and counts the NACKs; all other inbound
+//! RTCP stays with the interceptors that act on it (NACK responder, reports).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -17,12 +18,24 @@ pub struct KeyframeRequestForwarder {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
     nacks: prometheus::IntCounter,
+    deliver_nacks: bool,
 }
 
 impl KeyframeRequestForwarder {
     /// Counts the viewer's RTCP NACK packets in `nacks`.
     pub fn new(nacks: prometheus::IntCounter) -> Self {
-        KeyframeRequestForwarder { read_queue: VecDeque::new(), write_queue: VecDeque::new(), nacks }
+        KeyframeRequestForwarder {
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+            nacks,
+            deliver_nacks: false,
+        }
+    }
+
+    /// Hands the NACKs to the application too (a session with no NACK
+    /// responder interceptor, which resends from its own history).
+    pub fn delivering_nacks(nacks: prometheus::IntCounter) -> Self {
+        KeyframeRequestForwarder { deliver_nacks: true, ..Self::new(nacks) }
     }
 }
 
@@ -43,8 +56,13 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             let nacks = packets.iter().filter(|p| p.as_any().is::<TransportLayerNack>()).count();
             self.nacks.inc_by(nacks as u64);
-            let requests: Vec<Box<dyn rtc::rtcp::Packet>> =
-                packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|p| {
+                    is_keyframe_request(p.as_ref()) || (self.deliver_nacks && p.as_any().is::<TransportLayerNack>())
+                })
+                .cloned()
+                .collect();
             if requests.is_empty() {
                 return Ok(());
             }

@@ -75,6 +75,11 @@ impl RtpState {
     }
 
     pub fn packet(&mut self, timestamp: u32, marker: bool, payload: bytes::Bytes) -> rtc::rtp::Packet {
+        rtc::rtp::Packet { header: self.header(timestamp, marker), payload }
+    }
+
+    /// The next packet's RTP header (no extensions, no CSRC): takes a sequence number.
+    pub fn header(&mut self, timestamp: u32, marker: bool) -> rtc::rtp::header::Header {
         let header = rtc::rtp::header::Header {
             version: 2,
             marker,
@@ -85,7 +90,7 @@ impl RtpState {
             ..Default::default()
         };
         self.sequence_number = self.sequence_number.wrapping_add(1);
-        rtc::rtp::Packet { header, payload }
+        header
     }
 }
 

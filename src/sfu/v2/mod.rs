@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod demux;
+mod media_out;
 mod session;
 mod shard;
 mod tcp;

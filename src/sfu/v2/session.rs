@@ -1,7 +1,9 @@
 //! One viewer of the one-port SFU: a sans-IO peer connection (`rtc` 0.21,
 //! ICE-lite, DTLS client, SRTP keys of its own) that a shard drives with
 //! datagrams and time, and feeds access units as H.264 RTP and labels on
-//! the `labels` data channel when the viewer opens one.
+//! the `labels` data channel when the viewer opens one. The RTP (and its
+//! NACK answers and sender reports) is encrypted by [`MediaOut`] past rtc's
+//! pipeline; ICE, DTLS, SCTP and the viewer's RTCP go through it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use rtc::data_channel::RTCDataChannelId;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::{NackResponderBuilder, Registry, SenderReportBuilder, Slot};
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -23,7 +25,7 @@ use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate};
-use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -37,6 +39,7 @@ use super::super::rtp_state::RtpState;
 use super::super::sdpfrag::{self, SdpFragment};
 use super::super::{ChosenCodec, Patched, SfuError, rtcp};
 use super::batch::Batch;
+use super::media_out::MediaOut;
 use crate::hub::{CameraTracks, CountGuard, TrackKind};
 use crate::labels::Label;
 use crate::media::AccessUnit;
@@ -81,8 +84,9 @@ pub(super) struct Session {
     pub kind: TrackKind,
     pub ufrag: String,
     pc: RTCPeerConnection,
-    sender: RTCRtpSenderId,
     rtp: RtpState,
+    /// The RTP encrypted and queued for the shard, its NACK history, sender reports.
+    media: MediaOut,
     pub tracks: Arc<CameraTracks>,
     pub state: RTCPeerConnectionState,
     pub created_at: Instant,
@@ -169,8 +173,8 @@ impl Session {
                 RtpCodecKind::Video,
             )
             .map_err(webrtc_err)?;
-        // A send-only viewer needs the NACK responder and sender reports only
-        // (no NACK generator, no receiver reports: nothing is received).
+        // A send-only viewer gets NACK answers and sender reports, both from
+        // [`MediaOut`] (no interceptor sees our RTP; nothing is received).
         for parameter in ["", "pli"] {
             media_engine.register_feedback(
                 RTCPFeedback { typ: "nack".to_owned(), parameter: parameter.to_owned() },
@@ -178,9 +182,7 @@ impl Session {
             );
         }
         let registry = Registry::new()
-            .with(Slot::NackResponder, NackResponderBuilder::new().build())
-            .with(Slot::SenderReport, SenderReportBuilder::new().build())
-            .with(Slot::from(14_000), rtcp::KeyframeRequestForwarder::new(n.metrics.nacks.clone()));
+            .with(Slot::from(14_000), rtcp::KeyframeRequestForwarder::delivering_nacks(n.metrics.nacks.clone()));
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
             .with_answering_dtls_role(RTCDtlsRole::Client)
@@ -233,8 +235,8 @@ impl Session {
             kind: n.kind,
             ufrag,
             pc,
-            sender,
             rtp: RtpState::new(ssrc, payload_type),
+            media: MediaOut::new(ssrc, now),
             tracks: n.tracks,
             state: RTCPeerConnectionState::New,
             created_at: now,
@@ -281,12 +283,19 @@ impl Session {
     }
 
     pub fn next_timeout(&mut self) -> Option<Instant> {
-        self.pc.poll_timeout()
+        let report = self.media.report_due();
+        match (self.pc.poll_timeout(), report) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Err(e) = self.pc.handle_timeout(now) {
             tracing::trace!(session = %self.id, "timeout handling: {e}");
+        }
+        if let Some(ctx) = self.pc.local_srtp_context() {
+            self.media.report(ctx, now);
         }
     }
 
@@ -303,6 +312,16 @@ impl Session {
                 let Some(msg) = self.pc.poll_write() else { break };
                 batch.push_to(&msg.transport, msg.message);
                 budget -= 1;
+            }
+            if budget > 0
+                && !self.media.is_empty()
+                && let Some(to) = self.pc.selected_transport()
+            {
+                while budget > 0 {
+                    let Some(packet) = self.media.pop() else { break };
+                    batch.push_to(&to, packet);
+                    budget -= 1;
+                }
             }
             if budget == 0 {
                 self.backlogged = true;
@@ -377,6 +396,14 @@ impl Session {
     }
 
     fn on_rtcp(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        for nack in packets.iter().filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>()) {
+            if nack.media_ssrc != self.rtp.ssrc {
+                continue;
+            }
+            let Some(ctx) = self.pc.local_srtp_context() else { break };
+            let lost = nack.nacks.iter().flat_map(|pair| pair.into_iter());
+            self.media.resend(ctx, lost, Instant::now());
+        }
         if !packets.iter().any(|p| rtcp::is_keyframe_request(p.as_ref()))
             || self.last_keyframe_request.is_some_and(|t| t.elapsed() < super::super::resend::GOP_RESEND_INTERVAL)
         {
@@ -437,6 +464,7 @@ impl Session {
         if !live {
             self.from_gop.push(id);
         }
+        let Some(ctx) = self.pc.local_srtp_context() else { return false };
         let payloads = super::super::packetize::shared_payloads(au);
         let timestamp = self.rtp.timestamp(au.pts_90k, au.keyframe);
         let n = payloads.len();
@@ -444,9 +472,8 @@ impl Session {
         let now = Instant::now();
         for (i, payload) in payloads.iter().enumerate() {
             bytes += payload.len();
-            let packet = self.rtp.packet(timestamp, i + 1 == n, payload.clone());
-            let Some(mut sender) = self.pc.rtp_sender(self.sender) else { return false };
-            if let Err(e) = sender.write_rtp(now, packet) {
+            let header = self.rtp.header(timestamp, i + 1 == n);
+            if let Err(e) = self.media.write(ctx, header, payload, now) {
                 tracing::debug!(session = %self.id, "RTP write failed: {e}");
                 return false;
             }
@@ -557,7 +584,16 @@ impl Session {
         if let Err(e) = self.pc.close() {
             tracing::debug!(session = %self.id, "closing peer connection: {e}");
         }
-        for _ in 0..CLOSE_DRAIN {
+        let mut budget = CLOSE_DRAIN;
+        if let Some(to) = self.pc.selected_transport() {
+            while budget > 0
+                && let Some(packet) = self.media.pop()
+            {
+                batch.push_to(&to, packet);
+                budget -= 1;
+            }
+        }
+        for _ in 0..budget {
             let Some(msg) = self.pc.poll_write() else { return };
             batch.push_to(&msg.transport, msg.message);
         }
