@@ -24,5 +24,6 @@ pub mod media;
 pub mod overlay;
 pub mod pipeline;
 pub mod rooms;
+pub mod sched;
 pub mod sfu;
 pub mod telemetry;

@@ -89,7 +89,10 @@ impl InferenceWorker {
         let worker_labels = labels.clone();
         std::thread::Builder::new()
             .name("infer".into())
-            .spawn(move || run(model, worker_labels, rx, max_batch.max(1)))
+            .spawn(move || {
+                crate::sched::batch_current_thread();
+                run(model, worker_labels, rx, max_batch.max(1))
+            })
             .map_err(|e| InferError::Runtime(format!("cannot start the inference thread: {e}")))?;
         Ok(InferenceWorker { tx, labels })
     }

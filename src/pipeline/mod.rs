@@ -222,6 +222,7 @@ impl Camera {
 /// with the panic's message and starts it again (the other cameras never
 /// notice). Ends when the queue closes.
 fn run_media(ctx: MediaContext) {
+    crate::sched::batch_current_thread();
     let mut recovering = false;
     loop {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| media::run(&ctx, recovering))) {

@@ -1,0 +1,52 @@
+//! The scheduling class of the CPU-heavy threads (each camera's media thread:
+//! decode, overlay, encode; the inference thread): `SCHED_BATCH` (Linux,
+//! `sched(7)`). A batch thread gets the same share of a busy CPU as any other
+//! at its nice value, but waking up it never preempts the thread running, so
+//! the SFU's send workers and the RTSP reads (short and latency-bound) no
+//! longer wait behind an access unit's decode on a busy core. Threads a batch
+//! thread starts afterwards (libavcodec's, x264's) inherit the class.
+
+/// Puts the calling thread in `SCHED_BATCH`; a refusal (not Linux, a seccomp
+/// profile) is logged at debug level and changes nothing else.
+pub fn batch_current_thread() {
+    if let Err(e) = set_batch() {
+        tracing::debug!("SCHED_BATCH refused, thread stays SCHED_OTHER: {e}");
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_batch() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is an initialised sched_param that outlives the call,
+    // which only reads it; pid 0 names the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_batch() -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "SCHED_BATCH is Linux's"))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn the_calling_thread_becomes_batch_and_no_other() {
+        let policy = || {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            // Field 41 (policy), counted after the parenthesised comm.
+            let after_comm = stat.rsplit_once(") ").unwrap().1;
+            after_comm.split_whitespace().nth(38).unwrap().parse::<i32>().unwrap()
+        };
+        let main_policy = policy();
+        let batch = std::thread::spawn(move || {
+            super::batch_current_thread();
+            policy()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(batch, libc::SCHED_BATCH);
+        assert_eq!(policy(), main_policy, "only the calling thread changes");
+    }
+}
