@@ -332,3 +332,70 @@ fn labels_on_a_data_channel_keyed_to_the_frames_rtp_timestamps() {
         rt.block_on(v.close());
     }
 }
+
+/// Send latency p95 (ms) of the raw track and the fewest frames per second
+/// any of `viewers` got, over `window`.
+fn latency_and_rate(app: &Infercast, viewers: &[(Viewer, String)], window: Duration) -> (f64, f64) {
+    let snapshot = || common::metrics::parse_metrics(&String::from_utf8_lossy(&app.get("/metrics").body));
+    let latency = |s: &common::metrics::Samples| {
+        common::metrics::buckets(s, "infercast_webrtc_send_latency_seconds", &[("track", "raw")])
+    };
+    let (before, frames_before) = (snapshot(), viewers.iter().map(|(v, _)| frames(v)).collect::<Vec<_>>());
+    std::thread::sleep(window);
+    let (after, frames_after) = (snapshot(), viewers.iter().map(|(v, _)| frames(v)).collect::<Vec<_>>());
+    let p95 = common::metrics::quantile(&latency(&before), &latency(&after), 0.95).expect("frames were sent");
+    let fewest = frames_after.iter().zip(&frames_before).map(|(a, b)| a - b).min().unwrap_or(0);
+    (p95 * 1000.0, fewest as f64 / window.as_secs_f64())
+}
+
+/// A slow viewer (it stops reading: its socket's receive buffer fills and the
+/// kernel drops what we send it) does not delay the others: with it, the send
+/// latency of the raw track and every other viewer's frame rate stay what they
+/// were without it (no shard waits for one viewer's socket).
+#[test]
+fn a_slow_viewer_does_not_delay_the_others() {
+    if !netns::isolated("a_slow_viewer_does_not_delay_the_others") {
+        return;
+    }
+    let (_server, app, port) = start_one_port("door");
+    let rt = runtime();
+    let viewers = connect_viewers(&rt, &app, 20);
+    std::thread::sleep(Duration::from_secs(2)); // their cached GOPs sent
+    let window = Duration::from_secs(5);
+    let (p95_without, fps_without) = latency_and_rate(&app, &viewers, window);
+
+    let relay = common::lossy_relay::LossyRelay::stalling(format!("127.0.0.1:{port}").parse().unwrap(), 100);
+    let slow = rt.block_on(Viewer::new(Offer::H264));
+    let (slow_location, answer) = post(&app, &slow, "/whep/door/raw");
+    let via_relay = answer.replace(&format!(" 127.0.0.1 {port} typ"), &format!(" 127.0.0.1 {} typ", relay.addr.port()));
+    rt.block_on(slow.apply_answer(&via_relay));
+    assert!(rt.block_on(slow.connected(Duration::from_secs(10))), "slow viewer connects through the relay");
+    let drops_at_start = common::metrics::udp_rcvbuf_errors();
+    let full =
+        common::wait_until(Duration::from_secs(15), || common::metrics::udp_rcvbuf_errors() > drops_at_start + 20);
+    assert!(full.is_some(), "the slow viewer's receive buffer never filled");
+    let drops_before = common::metrics::udp_rcvbuf_errors();
+    let (p95_with, fps_with) = latency_and_rate(&app, &viewers, window);
+    let dropped = common::metrics::udp_rcvbuf_errors() - drops_before;
+    eprintln!(
+        "20 viewers without / with a slow one: send p95 {p95_without:.2} / {p95_with:.2} ms, \
+         fewest fps {fps_without:.1} / {fps_with:.1}; {dropped} datagrams dropped on its full buffer"
+    );
+    assert!(dropped >= 50, "{dropped} datagrams dropped in {window:?}: the slow viewer's buffer was not full");
+    assert_eq!(app.camera("door")["viewers"]["raw"], 21, "the slow viewer's session stays");
+    assert!(fps_with >= 22.0, "a viewer got {fps_with:.1} fps beside a slow one ({fps_without:.1} without)");
+    // Unchanged within this machine's noise; waiting on the slow viewer's
+    // socket would add frames' worth (40 ms each).
+    assert!(
+        p95_with <= 2.0 * p95_without + 5.0,
+        "send p95 {p95_with:.2} ms beside a slow viewer, {p95_without:.2} ms without"
+    );
+
+    whep_client::delete(&app.base, &slow_location);
+    rt.block_on(slow.close());
+    drop(relay);
+    for (viewer, location) in &viewers {
+        whep_client::delete(&app.base, location);
+        rt.block_on(viewer.close());
+    }
+}

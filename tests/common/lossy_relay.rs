@@ -2,7 +2,9 @@
 //! on their way to the viewer (no netem here): the viewer's NACKs then ask for
 //! packets it really lost, which SRTP replay protection would refuse if it had
 //! them already. Headers of SRTP packets are in the clear, so the relay reads
-//! the sequence number of what it drops.
+//! the sequence number of what it drops. A stalling relay stands for a slow
+//! viewer: after a while it stops reading, so its socket's receive buffer fills
+//! and the kernel drops what the server sends it.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +29,17 @@ impl LossyRelay {
     /// Relays between viewers and `server`, dropping every `every`-th RTP
     /// packet toward the viewer, `limit` in all.
     pub fn start(server: SocketAddr, every: usize, limit: usize) -> LossyRelay {
+        Self::start_with(server, every, limit, None)
+    }
+
+    /// Relays everything, until `after` RTP packets have reached the viewer;
+    /// then stops reading what the server sends (the viewer's STUN checks
+    /// still reach the server).
+    pub fn stalling(server: SocketAddr, after: usize) -> LossyRelay {
+        Self::start_with(server, usize::MAX, 0, Some(after))
+    }
+
+    fn start_with(server: SocketAddr, every: usize, limit: usize, stall_after: Option<usize>) -> LossyRelay {
         let front = UdpSocket::bind("127.0.0.1:0").unwrap();
         let back = UdpSocket::bind("127.0.0.1:0").unwrap();
         for s in [&front, &back] {
@@ -55,6 +68,10 @@ impl LossyRelay {
                 let mut buf = [0u8; 2048];
                 let mut rtp = 0usize;
                 while !stop.load(Ordering::Relaxed) {
+                    if stall_after.is_some_and(|after| rtp >= after) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
                     let Ok((n, _)) = back.recv_from(&mut buf) else { continue };
                     if let Some(seq) = rtp_sequence(&buf[..n]) {
                         rtp += 1;

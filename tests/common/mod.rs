@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cluster;
 pub mod depay;
 pub mod lossy_relay;
+pub mod metrics;
 pub mod netns;
 pub mod process;
 pub mod rtsp;
