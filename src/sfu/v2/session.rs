@@ -120,6 +120,10 @@ pub(super) struct Session {
     /// The live access unit whose packets are queued, for the send latency
     /// once they have all left (`received_at`).
     pub latency_pending: Option<Instant>,
+    /// [`Session::next_timeout`] as of the last [`Session::service`] (only
+    /// what the shard hands the connection moves it), so the shard's
+    /// wake-ups scan a field instead of asking every connection.
+    pub timeout: Option<Instant>,
     resend: Arc<super::super::resend::ResendBudget>,
     /// The viewer's open `labels` data channel.
     labels_channel: Option<RTCDataChannelId>,
@@ -254,6 +258,7 @@ impl Session {
             restarts: 0,
             backlogged: false,
             latency_pending: None,
+            timeout: None,
             resend: n.resend,
             labels_channel: None,
             _viewer: viewer,
@@ -282,7 +287,7 @@ impl Session {
         }
     }
 
-    pub fn next_timeout(&mut self) -> Option<Instant> {
+    fn next_timeout(&mut self) -> Option<Instant> {
         let report = self.media.report_due();
         match (self.pc.poll_timeout(), report) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -379,6 +384,7 @@ impl Session {
             self.start();
             self.backlogged = true;
         }
+        self.timeout = self.next_timeout();
     }
 
     /// Just connected: the cached GOP at once (or a keyframe asked for).

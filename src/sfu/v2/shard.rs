@@ -110,7 +110,7 @@ impl Shard {
         let mut touched: Vec<String> = Vec::new();
         let mut next_pace = Instant::now();
         loop {
-            let mut deadline = sessions.values_mut().filter_map(Session::next_timeout).min();
+            let mut deadline = sessions.values().filter_map(|s| s.timeout).min();
             if !self.backlog.is_empty() {
                 deadline = Some(deadline.map_or(next_pace, |d| d.min(next_pace)));
             }
@@ -131,7 +131,7 @@ impl Shard {
                 Wake::Timer => {
                     let now = Instant::now();
                     for s in sessions.values_mut() {
-                        if s.next_timeout().is_some_and(|t| t <= now) {
+                        if s.timeout.is_some_and(|t| t <= now) {
                             s.handle_timeout(now);
                             touched.push(s.id.clone());
                         }
