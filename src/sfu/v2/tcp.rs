@@ -8,7 +8,7 @@
 //! connection ([`TcpPeers`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,10 @@ use super::shard::ShardMsg;
 
 /// Most ICE-TCP connections at once (each holds a task and two small buffers).
 const MAX_CONNECTIONS: usize = 1024;
+/// Most ICE-TCP connections at once from one IP address (a browser opens
+/// one per session and candidate pair it tries; `[limits]
+/// whep_sessions_per_ip` defaults to 50), so one host cannot take them all.
+const MAX_CONNECTIONS_PER_IP: usize = 64;
 /// Largest frame taken (RFC 4571 allows 65535; a WebRTC packet is < 1500).
 const MAX_FRAME: usize = 4096;
 /// A connection whose first frame does not name a session in this time, or
@@ -36,6 +40,15 @@ const WRITE_QUEUE: usize = 512;
 #[derive(Default)]
 pub struct TcpPeers {
     writers: Mutex<HashMap<SocketAddr, mpsc::Sender<BytesMut>>>,
+    /// Connections open, by the viewer's IP address.
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    Full,
+    ThisAddress,
 }
 
 impl TcpPeers {
@@ -46,8 +59,30 @@ impl TcpPeers {
         writers.get(&to).is_some_and(|w| w.try_send(packet).is_ok())
     }
 
-    fn len(&self) -> usize {
-        self.writers.lock().expect("tcp peers lock is never poisoned").len()
+    /// Counts a new connection from `ip` in, unless it would pass
+    /// [`MAX_CONNECTIONS`] or [`MAX_CONNECTIONS_PER_IP`].
+    fn admit(&self, ip: IpAddr) -> Result<(), Refused> {
+        let mut open = self.open.lock().expect("tcp peers lock is never poisoned");
+        if open.values().sum::<usize>() >= MAX_CONNECTIONS {
+            return Err(Refused::Full);
+        }
+        let n = open.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_IP {
+            return Err(Refused::ThisAddress);
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    /// Counts a connection from `ip` out.
+    fn release(&self, ip: IpAddr) {
+        let mut open = self.open.lock().expect("tcp peers lock is never poisoned");
+        if let Some(n) = open.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&ip);
+            }
+        }
     }
 }
 
@@ -71,9 +106,16 @@ pub(super) async fn accept(
             },
             () = cancel.cancelled() => return,
         };
-        if peers.len() >= MAX_CONNECTIONS {
-            tracing::debug!(%from, "ICE-TCP connection refused: {MAX_CONNECTIONS} open");
-            continue;
+        match peers.admit(from.ip()) {
+            Ok(()) => {}
+            Err(Refused::Full) => {
+                tracing::debug!(%from, "ICE-TCP connection refused: {MAX_CONNECTIONS} open");
+                continue;
+            }
+            Err(Refused::ThisAddress) => {
+                tracing::debug!(%from, "ICE-TCP connection refused: {MAX_CONNECTIONS_PER_IP} open from this address");
+                continue;
+            }
         }
         let _ = stream.set_nodelay(true);
         let (routes, shards, peers, cancel) = (routes.clone(), shards.clone(), peers.clone(), cancel.clone());
@@ -83,6 +125,7 @@ pub(super) async fn accept(
                 () = cancel.cancelled() => {}
             }
             peers.writers.lock().expect("tcp peers lock is never poisoned").remove(&from);
+            peers.release(from.ip());
         });
     }
 }
@@ -142,5 +185,61 @@ async fn serve(
     tokio::select! {
         () = write => {}
         () = read => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_capped_per_address_and_in_all() {
+        let peers = TcpPeers::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..MAX_CONNECTIONS_PER_IP {
+            assert_eq!(peers.admit(a), Ok(()));
+        }
+        assert_eq!(peers.admit(a), Err(Refused::ThisAddress));
+        peers.release(a);
+        assert_eq!(peers.admit(a), Ok(()), "a closed connection frees its place");
+        // Other addresses fill the rest, up to the total.
+        let others = (MAX_CONNECTIONS - MAX_CONNECTIONS_PER_IP) / MAX_CONNECTIONS_PER_IP;
+        for i in 0..others {
+            let ip = IpAddr::from([10, 0, (i / 250) as u8, (i % 250) as u8]);
+            for _ in 0..MAX_CONNECTIONS_PER_IP {
+                assert_eq!(peers.admit(ip), Ok(()));
+            }
+        }
+        assert_eq!(peers.admit("198.51.100.7".parse().unwrap()), Err(Refused::Full));
+        for _ in 0..MAX_CONNECTIONS_PER_IP {
+            peers.release(a);
+        }
+        assert!(!peers.open.lock().unwrap().contains_key(&a), "an address with none open is forgotten");
+        assert_eq!(peers.admit("198.51.100.7".parse().unwrap()), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_the_per_address_cap_is_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (peers, cancel) = (Arc::new(TcpPeers::default()), CancellationToken::new());
+        tokio::spawn(accept(listener, Arc::new(Routes::default()), Vec::new(), peers.clone(), cancel.clone()));
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS_PER_IP {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let counted = async {
+            while peers.open.lock().unwrap().values().sum::<usize>() < MAX_CONNECTIONS_PER_IP {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), counted).await.expect("all counted");
+        let mut refused = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the connection past the cap is closed: {read:?}");
+        assert_eq!(peers.open.lock().unwrap().values().sum::<usize>(), MAX_CONNECTIONS_PER_IP, "the held ones stay");
+        drop(held);
+        cancel.cancel();
     }
 }
