@@ -152,6 +152,23 @@ fn connect_viewers(rt: &tokio::runtime::Runtime, app: &Infercast, n: usize) -> V
     out
 }
 
+/// Connects `viewer` to `door`'s raw track through `relay`: the answer's
+/// 127.0.0.1 candidate on `port` moved to the relay's; the session's location.
+fn connect_through(
+    rt: &tokio::runtime::Runtime,
+    app: &Infercast,
+    viewer: &Viewer,
+    port: u16,
+    relay: &common::lossy_relay::LossyRelay,
+) -> String {
+    let (location, answer) = post(app, viewer, "/whep/door/raw");
+    let via_relay = answer.replace(&format!(" 127.0.0.1 {port} typ"), &format!(" 127.0.0.1 {} typ", relay.addr.port()));
+    assert_ne!(via_relay, answer, "the answer has a 127.0.0.1 candidate on {port}:\n{answer}");
+    rt.block_on(viewer.apply_answer(&via_relay));
+    assert!(rt.block_on(viewer.connected(Duration::from_secs(10))), "viewer connects through the relay");
+    location
+}
+
 fn frames(viewer: &Viewer) -> usize {
     viewer.packets().iter().filter(|p| p.marker).count()
 }
@@ -181,11 +198,7 @@ fn hundred_sessions_nack_and_churn_on_one_port() {
     // all) asks for them again (its NACK generator) and gets every one.
     let relay = common::lossy_relay::LossyRelay::start(format!("127.0.0.1:{port}").parse().unwrap(), 40, 10);
     let lossy = rt.block_on(Viewer::new(Offer::H264));
-    let (lossy_location, answer) = post(&app, &lossy, "/whep/door/raw");
-    let via_relay = answer.replace(&format!(" 127.0.0.1 {port} typ"), &format!(" 127.0.0.1 {} typ", relay.addr.port()));
-    assert_ne!(via_relay, answer, "the answer has a 127.0.0.1 candidate on {port}:\n{answer}");
-    rt.block_on(lossy.apply_answer(&via_relay));
-    assert!(rt.block_on(lossy.connected(Duration::from_secs(10))), "viewer connects through the relay");
+    let lossy_location = connect_through(&rt, &app, &lossy, port, &relay);
     let all_dropped = common::wait_until(Duration::from_secs(10), || relay.dropped.lock().unwrap().len() == 10);
     assert!(all_dropped.is_some(), "the relay dropped {:?}", relay.dropped.lock().unwrap());
     let dropped = relay.dropped.lock().unwrap().clone();
@@ -366,10 +379,7 @@ fn a_slow_viewer_does_not_delay_the_others() {
 
     let relay = common::lossy_relay::LossyRelay::stalling(format!("127.0.0.1:{port}").parse().unwrap(), 100);
     let slow = rt.block_on(Viewer::new(Offer::H264));
-    let (slow_location, answer) = post(&app, &slow, "/whep/door/raw");
-    let via_relay = answer.replace(&format!(" 127.0.0.1 {port} typ"), &format!(" 127.0.0.1 {} typ", relay.addr.port()));
-    rt.block_on(slow.apply_answer(&via_relay));
-    assert!(rt.block_on(slow.connected(Duration::from_secs(10))), "slow viewer connects through the relay");
+    let slow_location = connect_through(&rt, &app, &slow, port, &relay);
     let drops_at_start = common::metrics::udp_rcvbuf_errors();
     let full =
         common::wait_until(Duration::from_secs(15), || common::metrics::udp_rcvbuf_errors() > drops_at_start + 20);
