@@ -1,13 +1,18 @@
 //! The scheduling class of the CPU-heavy threads (each camera's media thread:
 //! decode, overlay, encode; the inference thread): `SCHED_BATCH` (Linux,
-//! `sched(7)`). A batch thread gets the same share of a busy CPU as any other
-//! at its nice value, but waking up it never preempts the thread running, so
-//! the SFU's send workers and the RTSP reads (short and latency-bound) no
-//! longer wait behind an access unit's decode on a busy core. Threads a batch
-//! thread starts afterwards (libavcodec's, x264's) inherit the class.
+//! `sched(7)`) at nice [`NICE`]. Waking up, a batch thread never preempts the
+//! thread running, so the SFU's send workers and the RTSP reads (short and
+//! latency-bound) no longer wait behind an access unit's decode; and at a
+//! lower weight it does not cut into a send worker's pass over its viewers
+//! while the core is contended (it still gets all an idle core has). Threads
+//! a batch thread starts afterwards (libavcodec's, x264's) inherit both.
 
-/// Puts the calling thread in `SCHED_BATCH`; a refusal (not Linux, a seccomp
-/// profile) is logged at debug level and changes nothing else.
+/// The nice value of the batch threads: 5, a third of a normal thread's
+/// weight when both want the CPU.
+pub const NICE: i32 = 5;
+
+/// Puts the calling thread in `SCHED_BATCH` at nice [`NICE`]; a refusal (not
+/// Linux, a seccomp profile) is logged at debug level and changes nothing else.
 pub fn batch_current_thread() {
     if let Err(e) = set_batch() {
         tracing::debug!("SCHED_BATCH refused, thread stays SCHED_OTHER: {e}");
@@ -21,6 +26,12 @@ fn set_batch() -> std::io::Result<()> {
     // SAFETY: `param` is an initialised sched_param that outlives the call,
     // which only reads it; pid 0 names the calling thread.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: plain integer arguments; who = 0 names the calling thread
+    // (Linux keeps the nice value per thread).
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
@@ -39,14 +50,19 @@ mod tests {
             let after_comm = stat.rsplit_once(") ").unwrap().1;
             after_comm.split_whitespace().nth(38).unwrap().parse::<i32>().unwrap()
         };
-        let main_policy = policy();
+        let nice = || {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            // Field 19 (nice).
+            stat.rsplit_once(") ").unwrap().1.split_whitespace().nth(16).unwrap().parse::<i32>().unwrap()
+        };
+        let (main_policy, main_nice) = (policy(), nice());
         let batch = std::thread::spawn(move || {
             super::batch_current_thread();
-            policy()
+            (policy(), nice())
         })
         .join()
         .unwrap();
-        assert_eq!(batch, libc::SCHED_BATCH);
-        assert_eq!(policy(), main_policy, "only the calling thread changes");
+        assert_eq!(batch, (libc::SCHED_BATCH, super::NICE));
+        assert_eq!((policy(), nice()), (main_policy, main_nice), "only the calling thread changes");
     }
 }
