@@ -44,25 +44,22 @@ fn set_batch() -> std::io::Result<()> {
 mod tests {
     #[test]
     fn the_calling_thread_becomes_batch_and_no_other() {
-        let policy = || {
+        // (policy, nice) of the calling thread: fields 41 and 19 of its
+        // stat, counted from 3 after the parenthesised comm.
+        let sched = || {
             let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-            // Field 41 (policy), counted after the parenthesised comm.
-            let after_comm = stat.rsplit_once(") ").unwrap().1;
-            after_comm.split_whitespace().nth(38).unwrap().parse::<i32>().unwrap()
+            let fields: Vec<i32> =
+                stat.rsplit_once(") ").unwrap().1.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+            (fields[38], fields[16])
         };
-        let nice = || {
-            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-            // Field 19 (nice).
-            stat.rsplit_once(") ").unwrap().1.split_whitespace().nth(16).unwrap().parse::<i32>().unwrap()
-        };
-        let (main_policy, main_nice) = (policy(), nice());
+        let main = sched();
         let batch = std::thread::spawn(move || {
             super::batch_current_thread();
-            (policy(), nice())
+            sched()
         })
         .join()
         .unwrap();
         assert_eq!(batch, (libc::SCHED_BATCH, super::NICE));
-        assert_eq!((policy(), nice()), (main_policy, main_nice), "only the calling thread changes");
+        assert_eq!(sched(), main, "only the calling thread changes");
     }
 }

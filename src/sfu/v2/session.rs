@@ -318,16 +318,7 @@ impl Session {
                 batch.push_to(&msg.transport, msg.message);
                 budget -= 1;
             }
-            if budget > 0
-                && !self.media.is_empty()
-                && let Some(to) = self.pc.selected_transport()
-            {
-                while budget > 0 {
-                    let Some(packet) = self.media.pop() else { break };
-                    batch.push_to(&to, packet);
-                    budget -= 1;
-                }
-            }
+            budget -= self.push_media(batch, budget);
             if budget == 0 {
                 self.backlogged = true;
             }
@@ -385,6 +376,23 @@ impl Session {
             self.backlogged = true;
         }
         self.timeout = self.next_timeout();
+    }
+
+    /// Moves at most `budget` queued media datagrams into `batch`, to the
+    /// selected candidate pair; how many.
+    fn push_media(&mut self, batch: &mut Batch, budget: usize) -> usize {
+        if budget == 0 || self.media.is_empty() {
+            return 0;
+        }
+        let Some(to) = self.pc.selected_transport() else { return 0 };
+        let mut moved = 0;
+        while moved < budget
+            && let Some(packet) = self.media.pop()
+        {
+            batch.push_to(&to, packet);
+            moved += 1;
+        }
+        moved
     }
 
     /// Just connected: the cached GOP at once (or a keyframe asked for).
@@ -590,15 +598,7 @@ impl Session {
         if let Err(e) = self.pc.close() {
             tracing::debug!(session = %self.id, "closing peer connection: {e}");
         }
-        let mut budget = CLOSE_DRAIN;
-        if let Some(to) = self.pc.selected_transport() {
-            while budget > 0
-                && let Some(packet) = self.media.pop()
-            {
-                batch.push_to(&to, packet);
-                budget -= 1;
-            }
-        }
+        let budget = CLOSE_DRAIN - self.push_media(batch, CLOSE_DRAIN);
         for _ in 0..budget {
             let Some(msg) = self.pc.poll_write() else { return };
             batch.push_to(&msg.transport, msg.message);
